@@ -1,0 +1,1 @@
+"""trainwell.explain (planned family; see README's feature table)."""

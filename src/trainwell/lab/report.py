@@ -1,0 +1,102 @@
+"""Writes ``reports/index.html`` and ``reports/results.md`` from every ``*/results.json`` in a folder."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from trainwell.lab.io import atomic_write_text, read_json
+
+__all__ = ["collect", "results_markdown", "summary_table", "write_index"]
+
+
+def collect(out: Path) -> list[dict[str, Any]]:
+    found = []
+    for p in sorted(Path(out).glob("*/results.json")):
+        try:
+            found.append(read_json(p))
+        except ValueError:
+            continue
+    return found
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    return f"{s['mean']:.4f} ± {s['std']:.4f}"
+
+
+def summary_table(results: list[dict[str, Any]]) -> str:
+    """Plain-text table for the terminal: one line per (experiment, method)."""
+    rows = [("experiment", "method", "metric", "mean ± std", "claim holds")]
+    for r in results:
+        first = True
+        for m, s in r["results"].items():
+            rows.append((r["experiment"] if first else "", m, r["metric"] if first else "", _fmt(s),
+                         ("yes" if r["claim_holds"] else "NO") if first else ""))
+            first = False
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def results_markdown(results: list[dict[str, Any]]) -> str:
+    out = ["# trainwell lab results", ""]
+    for r in results:
+        out += [f"## {r['title']} (`{r['experiment']}`)", "",
+                f"{r['mode']} mode, {r['seeds']} seeds, {r['runtime_s']:.0f}s. Metric: {r['metric']}.", ""]
+        out += ["| method | mean ± std |", "|---|---|"]
+        out += [f"| {m} | {_fmt(s)} |" for m, s in r["results"].items()]
+        out += ["", f"Claim: {r['claim']} — **{'holds' if r['claim_holds'] else 'does not hold'}** on this run."]
+        if r.get("reported"):
+            out += ["", f"Reported: {r['reported']}"]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_index(out: Path) -> Path:
+    out = Path(out)
+    results = collect(out)
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>trainwell lab</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        ".yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}img{max-width:100%;margin:4px 0}"
+        "section{border-top:1px solid #ddd;margin-top:1.5em}</style></head><body>",
+        "<h1>trainwell lab</h1>",
+        "<p>Each experiment checks a claim from its source post or paper on real data. "
+        "Numbers are mean ± std over seeds.</p>",
+        "<table><tr><th>experiment</th><th>metric</th><th>mode</th><th>seeds</th><th>claim holds</th></tr>",
+    ]
+    for r in results:
+        cls = "yes" if r["claim_holds"] else "no"
+        parts.append(
+            f"<tr><td><a href='#{e(r['experiment'])}'>{e(r['experiment'])}</a></td><td>{e(r['metric'])}</td>"
+            f"<td>{e(r['mode'])}</td><td>{r['seeds']}</td><td class='{cls}'>{'yes' if r['claim_holds'] else 'no'}</td></tr>"
+        )
+    parts.append("</table>")
+    for r in results:
+        name = r["experiment"]
+        parts.append(f"<section id='{e(name)}'><h2>{e(r['title'])} <small>({e(name)})</small></h2>")
+        parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='{'yes' if r['claim_holds'] else 'no'}'>"
+                     f"{'holds' if r['claim_holds'] else 'does not hold'}</span> on this run.</p>")
+        if r.get("reported"):
+            parts.append(f"<p><b>Reported:</b> {e(r['reported'])}</p>")
+        sec = list(r.get("secondary", {}))
+        parts.append("<table><tr><th>method</th><th>" + e(r["metric"]) + "</th>"
+                     + "".join(f"<th>{e(k)}</th>" for k in sec) + "</tr>")
+        for m, s in r["results"].items():
+            cells = "".join(
+                f"<td>{_fmt(r['secondary'][k][m])}</td>" if m in r["secondary"][k] else "<td>—</td>" for k in sec
+            )
+            parts.append(f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td>{cells}</tr>")
+        parts.append("</table>")
+        for png in r.get("plots", []):
+            parts.append(f"<img src='{e(name)}/{e(png)}' alt='{e(png)}'>")
+        parts.append(f"<p><a href='{e(name)}/table.md'>table.md</a> · <a href='{e(name)}/results.json'>results.json</a>"
+                     + (f" · source: {e(r['source'])}" if r.get("source") else "") + "</p></section>")
+    parts.append("</body></html>")
+    atomic_write_text(out / "index.html", "\n".join(parts))
+    atomic_write_text(out / "results.md", results_markdown(results))
+    return out / "index.html"

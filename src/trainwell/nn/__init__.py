@@ -1,0 +1,1 @@
+"""trainwell.nn (planned family; see README's feature table)."""

@@ -1,0 +1,1 @@
+"""trainwell.seq2seq (planned family; see README's feature table)."""
