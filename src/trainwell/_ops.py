@@ -45,7 +45,7 @@ def log1p_sum_exp(x: Tensor, dim: int = -1) -> Tensor:
     The implicit zero logit guarantees a finite maximum, so a row that is entirely -inf gives exactly 0
     with zero (not NaN) gradient.
     """
-    zeros = torch.zeros_like(x.narrow(dim, 0, 1)) if x.shape[dim] > 0 else x.new_zeros(
-        *x.shape[:dim % x.dim()], 1, *x.shape[dim % x.dim() + 1 :]
-    )
+    shape = list(x.shape)
+    shape[dim] = 1
+    zeros = x.new_zeros(shape)
     return torch.logsumexp(torch.cat([x, zeros], dim=dim), dim=dim)

@@ -32,7 +32,7 @@ T = TypeVar("T")
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a fresh ``torch.Generator`` seeded with ``seed``."""
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds the global state third-party code uses
     torch.manual_seed(seed)
     g = torch.Generator()
     g.manual_seed(seed)
@@ -41,12 +41,31 @@ def seed_everything(seed: int) -> torch.Generator:
 
 @dataclass
 class RunContext:
-    """What an experiment's ``run_seed`` receives."""
+    """What an experiment's ``run_seed`` receives.
+
+    Attributes:
+        seed: this cell's seed (python, numpy and torch are already seeded with it).
+        mode: ``"tiny"``, ``"quick"`` or ``"full"``.
+        out_dir: the experiment's report folder (write extra artefacts here, rank 0 only).
+        progress: the runner's progress-bar factory; prefer :meth:`iterate`.
+        rank: this process's rank under ``torchrun`` (0 otherwise).
+        world_size: number of processes under ``torchrun`` (1 otherwise). Only experiments declared
+            with ``Experiment(ddp=True)`` see ``world_size > 1``; the others get whole seeds per rank.
+        log: prints a line through the runner (silent in tests); ``ctx.log("chosen t=0.3")``.
+    """
 
     seed: int
     mode: str
     out_dir: Path
     progress: Callable[..., Any] = field(default=lambda it, **kw: it, repr=False)
+    rank: int = 0
+    world_size: int = 1
+    log: Callable[..., Any] = field(default=lambda *a, **kw: None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
 
     @property
     def tiny(self) -> bool:
@@ -137,6 +156,11 @@ class Experiment:
         default: part of the default ``trainwell lab`` suite.
         full_runtime: documented wall time of ``--full`` on 2 CPU cores.
         plot: optional custom plot ``plot(results_json, cells, out_dir) -> list[Path]``.
+        version: bump it when the experiment's protocol changes; cached cells written under another
+            version are recomputed instead of being mixed with new ones.
+        ddp: ``True`` if ``run_seed`` trains with ``torch.distributed`` itself (every rank then runs
+            every seed together and rank 0's result is kept); ``False`` (default): under ``torchrun``
+            the runner hands whole seeds to ranks, which is the right split for small CPU models.
     """
 
     name: str
@@ -153,3 +177,5 @@ class Experiment:
     higher_is_better: bool = True
     full_runtime: str = ""
     plot: Callable[[dict[str, Any], list[SeedResult], Path], list[Path]] | None = None
+    version: str = "1"
+    ddp: bool = False

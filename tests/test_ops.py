@@ -1,0 +1,57 @@
+"""Shared tensor operations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainwell._ops import apply_reduction, float32, log1p_sum_exp, masked_fill_neg_inf
+
+
+def test_apply_reduction() -> None:
+    x = torch.tensor([1.0, 2.0, 6.0])
+    assert torch.equal(apply_reduction(x, "none"), x)
+    assert apply_reduction(x, "sum").item() == 9.0
+    assert apply_reduction(x, "mean").item() == 3.0
+    assert apply_reduction(x, "mean", weight_sum=torch.tensor(2.0)).item() == 4.5
+    assert apply_reduction(x[:0], "mean").item() == 0.0  # empty batch: 0, not NaN
+
+
+def test_float32_upcasts_half_only() -> None:
+    assert float32(torch.zeros(1, dtype=torch.bfloat16)).dtype == torch.float32
+    assert float32(torch.zeros(1, dtype=torch.float16)).dtype == torch.float32
+    assert float32(torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(4,), (3, 5), (2, 3, 6)])
+def test_log1p_sum_exp_matches_reference(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape, dtype=torch.float64) * 3
+    ref = torch.log(1 + x.exp().sum(-1))
+    torch.testing.assert_close(log1p_sum_exp(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_log1p_sum_exp_all_masked_row_is_zero_with_zero_grad() -> None:
+    s = torch.tensor([[1.0, -2.0], [3.0, 4.0]], requires_grad=True)
+    keep = torch.tensor([[False, False], [True, False]])
+    out = log1p_sum_exp(masked_fill_neg_inf(s, keep))
+    assert out[0].item() == 0.0
+    assert math.isclose(out[1].item(), math.log1p(math.exp(3.0)), rel_tol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(s.grad).all()
+    assert torch.equal(s.grad[0], torch.zeros(2))
+    assert s.grad[1, 1].item() == 0.0
+
+
+def test_log1p_sum_exp_extreme_inputs_finite() -> None:
+    x = torch.tensor([[1e4, -1e4], [-1e4, -1e4]], requires_grad=True)
+    out = log1p_sum_exp(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert out[0].item() == pytest.approx(1e4)
+
+
+def test_log1p_sum_exp_gradcheck() -> None:
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(log1p_sum_exp, (x,))

@@ -1,0 +1,108 @@
+"""The shared argument checks: every message names the function, the argument, expected and received."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainwell import _validation as v
+
+
+def test_number_bounds_and_types() -> None:
+    assert v.check_number("gamma", 2, fn="focal_loss", min=0) == 2.0
+    with pytest.raises(ValueError, match=r"focal_loss\(\): argument 'gamma' must be >= 0, got -1"):
+        v.check_number("gamma", -1, fn="focal_loss", min=0)
+    with pytest.raises(ValueError, match="'tau' must be > 0"):
+        v.check_number("tau", 0.0, min=0, min_inclusive=False)
+    with pytest.raises(ValueError, match="'p' must be < 1"):
+        v.check_number("p", 1.0, max=1, max_inclusive=False)
+    with pytest.raises(TypeError, match="'lr' must be a real number, got True"):
+        v.check_number("lr", True)
+    with pytest.raises(TypeError, match="'lr' must be a real number"):
+        v.check_number("lr", "0.1")
+    with pytest.raises(ValueError, match="not NaN"):
+        v.check_number("lr", math.nan)
+    assert v.check_number("x", None, allow_none=True) is None
+    assert v.check_number("x", torch.tensor(0.5)) == 0.5
+    with pytest.raises(ValueError, match="finite"):
+        v.check_finite_number("eps", math.inf)
+
+
+def test_int_bool_choice_reduction() -> None:
+    assert v.check_int("steps", 3, min=1) == 3
+    with pytest.raises(TypeError, match=r"'steps' must be an int, got 2\.5"):
+        v.check_int("steps", 2.5)
+    with pytest.raises(TypeError, match="'steps' must be an int"):
+        v.check_int("steps", True)
+    with pytest.raises(ValueError, match="'steps' must be >= 1, got 0"):
+        v.check_int("steps", 0, min=1)
+    with pytest.raises(ValueError, match="'steps' must be <= 5"):
+        v.check_int("steps", 6, max=5)
+    with pytest.raises(TypeError, match="'flag' must be a bool"):
+        v.check_bool("flag", 1)
+    assert v.check_reduction("sum") == "sum"
+    with pytest.raises(ValueError, match=r"'reduction' must be one of 'none', 'mean', 'sum', got 'avg'"):
+        v.check_reduction("avg")
+    with pytest.raises(TypeError, match="'reduction'"):
+        v.check_reduction(None)
+    with pytest.raises(ValueError, match="'mode' must be one of 'hard', 'soft'"):
+        v.check_choice("mode", "medium", ("hard", "soft"))
+
+
+def test_tensor_checks() -> None:
+    x = torch.zeros(2, 3)
+    assert v.check_tensor("input", x, kind="float", ndim=2) is x
+    with pytest.raises(TypeError, match=r"'input' must be a torch.Tensor, got list"):
+        v.check_tensor("input", [1.0])
+    with pytest.raises(TypeError, match="'target' must be a tensor of dtype kind int"):
+        v.check_tensor("target", x, kind="int")
+    with pytest.raises(ValueError, match="'input' must be a 3-D tensor, got Tensor"):
+        v.check_tensor("input", x, ndim=3)
+    with pytest.raises(ValueError, match="at least 3 dims"):
+        v.check_tensor("input", x, min_ndim=3)
+    with pytest.raises(ValueError, match=r"'target' must have the same shape as 'input' \(2, 3\), got \(3, 2\)"):
+        v.check_same_shape("input", x, "target", torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"'target' must have shape \(2,\)"):
+        v.check_shape_prefix("input", x, "target", torch.zeros(3, dtype=torch.long))
+    v.check_shape_prefix("input", x, "target", torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="last dim is 4"):
+        v.check_last_dim("log_prior", torch.zeros(3), 4)
+    with pytest.raises(ValueError, match="must broadcast"):
+        v.check_broadcastable("input", x, "weight", torch.zeros(4))
+    with pytest.raises(ValueError, match="scalar tensor"):
+        v.check_scalar_tensor("loss", x)
+    assert v.check_scalar_tensor("loss", torch.tensor(1.0)).numel() == 1
+
+
+def test_labels_and_probabilities() -> None:
+    v.check_labels("target", torch.tensor([0, 2, 1]), 3)
+    with pytest.raises(ValueError, match=r"'target' must hold class indices in \[0, 3\), got 3"):
+        v.check_labels("target", torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="got -2"):
+        v.check_labels("target", torch.tensor([0, -2]), 3, ignore_index=-100)
+    v.check_labels("target", torch.tensor([0, -100]), 3, ignore_index=-100)
+    v.check_probabilities("target", torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"'target' must hold values in \[0, 1\], got 1.5"):
+        v.check_probabilities("target", torch.tensor([0.0, 1.5]))
+    with pytest.raises(ValueError, match="got nan"):
+        v.check_probabilities("target", torch.tensor([0.0, float("nan")]))
+
+
+def test_module_and_callable() -> None:
+    v.check_module("embedding", nn.Embedding(3, 2), cls=nn.Embedding)
+    with pytest.raises(TypeError, match="'embedding' must be an instance of Embedding, got Linear module"):
+        v.check_module("embedding", nn.Linear(2, 2), cls=nn.Embedding)
+    with pytest.raises(TypeError, match="'closure' must be callable"):
+        v.check_callable("closure", 3)
+
+
+def test_value_checks_skipped_under_compile() -> None:
+    def f(t: torch.Tensor) -> torch.Tensor:
+        v.check_labels("target", t, 3)
+        return t * 2
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(torch.tensor([0, 1, 2])), torch.tensor([0, 2, 4]))
