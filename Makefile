@@ -38,7 +38,7 @@ data:
 	@bash scripts/install-data.sh
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 lab: setup
 	$(VENV)/bin/trainwell lab --out reports
