@@ -16,6 +16,7 @@ from trainwell.losses.consistency import (
     rdrop_loss_scale,
     symmetric_kl,
 )
+from trainwell.losses.contrastive import ContrastiveGradCache, InfoNCELoss, info_nce_loss
 from trainwell.losses.flooding import Flooding, flooding
 from trainwell.losses.imbalance import (
     BinaryFocalLoss,
@@ -55,11 +56,13 @@ __all__ = [
     "AMSoftmax",
     "BinaryFocalLoss",
     "ClassBalancedCrossEntropy",
+    "ContrastiveGradCache",
     "DiceLoss",
     "F1WeightedCrossEntropy",
     "Flooding",
     "FocalLoss",
     "HardTruncatedLoss",
+    "InfoNCELoss",
     "LogitAdjustedCrossEntropy",
     "MultilabelCategoricalCrossEntropy",
     "MultilabelRankLoss",
@@ -79,6 +82,7 @@ __all__ = [
     "flooding",
     "focal_loss",
     "hard_truncated_loss",
+    "info_nce_loss",
     "log_prior_from_counts",
     "logit_adjusted_cross_entropy",
     "multilabel_categorical_crossentropy",
