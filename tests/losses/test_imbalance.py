@@ -148,6 +148,16 @@ def test_la_bf16_autocast_and_compile() -> None:
     torch.testing.assert_close(fn(x, t, lp), ref)
 
 
+def test_empty_batch_mean_is_zero_not_nan() -> None:
+    lp = torch.zeros(5)
+    empty, no_target = torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)
+    assert logit_adjusted_cross_entropy(empty, no_target, lp).item() == 0.0
+    assert logit_adjusted_cross_entropy(empty, no_target, lp, reduction="none").shape == (0,)
+    x, t = case(seed=5)
+    t[:] = -100  # every target ignored: also 0, as for an empty batch
+    assert logit_adjusted_cross_entropy(x, t, lp.double()).item() == 0.0
+
+
 def test_la_bad_inputs() -> None:
     x, t = case()
     lp = torch.zeros(5)

@@ -139,6 +139,7 @@ def test_retrieval_metric() -> None:
 
 def test_bad_inputs() -> None:
     cos, t = cosines()
+    assert am_softmax_loss(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).item() == 0.0  # empty: 0, not NaN
     with pytest.raises(ValueError, match="'scale'"):
         am_softmax_loss(cos, t, scale=0.0)
     with pytest.raises(ValueError, match="'margin'"):

@@ -313,6 +313,8 @@ def test_sparse_finite_at_extreme_scores() -> None:
 def test_empty_batch_and_zero_classes() -> None:
     assert zlpr(torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.bool)).item() == 0.0
     assert zlpr(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool), reduction="none").shape == (3,)
+    assert sparse(torch.zeros(0, 4), torch.zeros(0, 2, dtype=torch.long)).item() == 0.0
+    assert sparse(torch.zeros(0, 4), torch.zeros(0, 2, dtype=torch.long), reduction="none").shape == (0,)
 
 
 # ---------------------------------------------------------------------------------- gradients
@@ -333,6 +335,39 @@ def test_gradcheck_dense_soft_masked() -> None:
     assert gradgradcheck(lambda a: zlpr(a, y, reduction="none"), (sr,))
     assert gradgradcheck(lambda a: zlpr(a, t, mask, reduction="none"), (sr,))
     assert gradgradcheck(lambda a: sparse(a, to_index(y), reduction="none"), (sr,))
+
+
+@pytest.mark.usefixtures("kernel_path")
+def test_create_graph_gradient_equals_plain_gradient() -> None:
+    # gradgradcheck only checks the create_graph gradient against its own derivative; an input-gradient
+    # penalty on top of the loss needs it to equal the ordinary gradient (independent autograd reference).
+    s, y = random_case(rows=4, classes=6, seed=18)
+    y[0], y[1] = True, False
+    mask = torch.rand(s.shape, generator=torch.Generator().manual_seed(4)) < 0.7
+    t = torch.rand(s.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def reference(a: Tensor, w: Tensor, m: Tensor) -> Tensor:
+        neg_inf = torch.full_like(a, float("-inf"))
+        zero = a.new_zeros((a.shape[0], 1))
+        pos = torch.where(m, -a, neg_inf) + torch.log(w)
+        neg = torch.where(m, a, neg_inf) + torch.log1p(-w)
+        return (torch.logsumexp(torch.cat([pos, zero], -1), -1) + torch.logsumexp(torch.cat([neg, zero], -1), -1)).sum()
+
+    full = torch.ones_like(mask)
+    cases = [(y, None), (y.double(), mask), (t, None), (t, mask)]
+    for target, m in cases:
+        a = s.clone().requires_grad_()
+        (graph,) = torch.autograd.grad(zlpr(a, target, m, reduction="sum"), a, create_graph=True)
+        b = s.clone().requires_grad_()
+        (want,) = torch.autograd.grad(reference(b, target.double(), full if m is None else m), b, create_graph=True)
+        torch.testing.assert_close(graph, want, rtol=0, atol=1e-12)
+        (hv,) = torch.autograd.grad(graph.pow(2).sum(), a)
+        (hv_want,) = torch.autograd.grad(want.pow(2).sum(), b)
+        torch.testing.assert_close(hv, hv_want, rtol=0, atol=1e-12)
+    a = s.clone().requires_grad_()
+    (graph,) = torch.autograd.grad(sparse(a, to_index(y), reduction="sum"), a, create_graph=True)
+    (plain,) = torch.autograd.grad(sparse(a, to_index(y), reduction="sum"), a)
+    torch.testing.assert_close(graph, plain, rtol=0, atol=1e-12)
 
 
 @pytest.mark.usefixtures("kernel_path")
@@ -425,6 +460,8 @@ def test_bad_inputs_name_the_argument() -> None:
         zlpr(s, y, reduction="avg")
     with pytest.raises(TypeError, match="'soft'"):
         zlpr(s, y, soft=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'soft'"):
+        MultilabelCategoricalCrossEntropy(soft=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'threshold'"):
         zlpr(s, y, threshold=float("inf"))
     with pytest.raises(ValueError, match="'pos_index'"):

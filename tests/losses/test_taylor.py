@@ -120,4 +120,6 @@ def test_bad_inputs() -> None:
         taylor_cross_entropy(x, t[:2])
     with pytest.raises(TypeError, match="'input'"):
         taylor_softmax(t)
+    with pytest.raises(ValueError, match="'dim'"):
+        taylor_softmax(x, 2, dim=2)
     assert F.softmax(x, -1).shape == taylor_softmax(x).shape

@@ -157,11 +157,12 @@ def _cross_entropy(
     out = F.cross_entropy(
         z.reshape(-1, num_classes),
         target.reshape(-1).long(),
-        reduction=reduction,
+        reduction="none",
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
-    )
-    return out.reshape(lead) if reduction == "none" else out
+    ).reshape(lead)
+    # 'mean' over non-ignored targets as F.cross_entropy does, but an empty batch gives 0, not NaN
+    return apply_reduction(out, reduction, (target != ignore_index).sum() if reduction == "mean" else None)
 
 
 def posthoc_logit_adjust(logits: Tensor, log_prior: Tensor, tau: float = 1.0) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import float32
+from trainwell._ops import apply_reduction, float32
 from trainwell._validation import (
     check_choice,
     check_int,
@@ -59,10 +59,10 @@ def _am_core(
     # Only the target column changes: scatter its transformed value into the scaled cosines.
     logits = (scale * cos).scatter(-1, t, scale * am_softmax_psi(cos.gather(-1, t), margin, psi))
     out = F.cross_entropy(
-        logits.reshape(-1, num_classes), target.reshape(-1).long(), reduction=reduction,
+        logits.reshape(-1, num_classes), target.reshape(-1).long(), reduction="none",
         label_smoothing=label_smoothing,
     )
-    return out.reshape(target.shape) if reduction == "none" else out
+    return apply_reduction(out.reshape(target.shape), reduction)  # empty batch: 0, not NaN
 
 
 def am_softmax_loss(

@@ -72,7 +72,15 @@ def _grad_differentiable(s: Tensor, wp: Tensor, wn: Tensor | None, m: Tensor | N
     """The kernels' gradient from ordinary autograd ops (used for create_graph=True)."""
     wp = wp.to(s.dtype)
     wn_ = 1 - wp if wn is None else wn
-    m_pos, m_neg = (m[0], m[1]) if m is not None else (s.new_zeros(()), s.new_zeros(()))
+    if m is None:
+        # Unshifted forward: derive the per-group shifts here (the clamp_max(0) below must only ever
+        # touch zero-weight entries, which needs m ≥ every in-group exponent).
+        zero = s.new_zeros(())
+        with torch.no_grad():
+            m_pos = torch.where(wp > 0, -s, zero).amax(-1, keepdim=True).clamp_min(0)
+            m_neg = torch.where(wn_ > 0, s, zero).amax(-1, keepdim=True).clamp_min(0)
+    else:
+        m_pos, m_neg = m[0], m[1]
     ep = wp * torch.exp((-s - m_pos).clamp_max(0))
     en = wn_ * torch.exp((s - m_neg).clamp_max(0))
     s_pos = ep.sum(-1, keepdim=True) + torch.exp(-m_pos)
@@ -368,6 +376,8 @@ class MultilabelCategoricalCrossEntropy(nn.Module):
         fn = "MultilabelCategoricalCrossEntropy"
         self.reduction = check_reduction(reduction, fn=fn)
         self.threshold = check_finite_number("threshold", threshold, fn=fn)
+        if soft is not None and not isinstance(soft, bool):
+            fail(fn, "soft", "a bool or None", soft, exc=TypeError)
         self.soft = soft
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -601,7 +611,7 @@ def sparse_multilabel_categorical_crossentropy(
     if num_classes == 0:
         return apply_reduction(s.new_zeros(lead), reduction)
     s2 = s.reshape(-1, num_classes)
-    p2 = pos_index.reshape(s2.shape[0], -1)
+    p2 = pos_index.reshape(s2.shape[0], pos_index.shape[-1])  # not -1: ambiguous for an empty batch
     if p2.shape[-1] == 0:
         p2 = torch.full((s2.shape[0], 1), pad, dtype=pos_index.dtype, device=pos_index.device)
     idx, valid, has_pos = _positive_slots(p2, num_classes, pad)

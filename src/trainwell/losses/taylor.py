@@ -70,7 +70,7 @@ def taylor_softmax(input: Tensor, order: int = 2, dim: int = -1, *, monotone: bo
     fn = "taylor_softmax"
     check_tensor("input", input, fn=fn, kind="float")
     n = _check_order(order, fn)
-    check_int("dim", dim, fn=fn)
+    check_int("dim", dim, fn=fn, min=-max(input.dim(), 1), max=max(input.dim(), 1) - 1)
     check_bool("monotone", monotone, fn=fn)
     f = _taylor_values(input, n, monotone)
     p = f / f.sum(dim=dim, keepdim=True)
