@@ -48,9 +48,9 @@ class RunContext:
         mode: ``"tiny"``, ``"quick"`` or ``"full"``.
         out_dir: the experiment's report folder (write extra artefacts here, rank 0 only).
         progress: the runner's progress-bar factory; prefer :meth:`iterate`.
-        rank: this process's rank under ``torchrun`` (0 otherwise).
-        world_size: number of processes under ``torchrun`` (1 otherwise). Only experiments declared
-            with ``Experiment(ddp=True)`` see ``world_size > 1``; the others get whole seeds per rank.
+        rank: this process's rank under ``torchrun`` (0 otherwise); only rank 0 should write files.
+        world_size: processes training this cell together: the ``torchrun`` world size for experiments
+            declared with ``Experiment(ddp=True)``, else 1 (the runner hands whole seeds to ranks).
         log: prints a line through the runner (silent in tests); ``ctx.log("chosen t=0.3")``.
     """
 
@@ -161,6 +161,9 @@ class Experiment:
         ddp: ``True`` if ``run_seed`` trains with ``torch.distributed`` itself (every rank then runs
             every seed together and rank 0's result is kept); ``False`` (default): under ``torchrun``
             the runner hands whole seeds to ranks, which is the right split for small CPU models.
+        threads: torch intra-op threads while this experiment runs (``None``: leave torch's setting).
+            Small models gain little from intra-op parallelism and stall badly when a shared machine is
+            oversubscribed, so they may pin 1; ``trainwell lab --threads N`` overrides it.
     """
 
     name: str
@@ -179,3 +182,4 @@ class Experiment:
     plot: Callable[[dict[str, Any], list[SeedResult], Path], list[Path]] | None = None
     version: str = "1"
     ddp: bool = False
+    threads: int | None = None

@@ -8,16 +8,20 @@ from typing import Any
 
 from trainwell.lab.io import atomic_write_text, read_json
 
-__all__ = ["collect", "results_markdown", "summary_table", "write_index"]
+__all__ = ["claims_summary", "collect", "results_markdown", "summary_table", "write_index"]
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
+    """Every readable ``<out>/*/results.json``, sorted by experiment folder name."""
     found = []
     for p in sorted(Path(out).glob("*/results.json")):
         try:
-            found.append(read_json(p))
-        except ValueError:
+            r = read_json(p)
+        except (OSError, ValueError):
             continue
+        if isinstance(r, dict) and {"experiment", "metric", "results", "claim", "claim_holds"} <= set(r):
+            r.setdefault("_dir", p.parent.name)  # links point at the folder actually on disk
+            found.append(r)
     return found
 
 
@@ -27,24 +31,36 @@ def _fmt(s: dict[str, Any]) -> str:
 
 def summary_table(results: list[dict[str, Any]]) -> str:
     """Plain-text table for the terminal: one line per (experiment, method)."""
-    rows = [("experiment", "method", "metric", "mean ± std", "claim holds")]
+    rows = [("experiment", "method", "metric", "mean ± std", "seeds", "claim holds")]
     for r in results:
         first = True
         for m, s in r["results"].items():
             rows.append((r["experiment"] if first else "", m, r["metric"] if first else "", _fmt(s),
-                         ("yes" if r["claim_holds"] else "NO") if first else ""))
+                         str(len(s["values"])), ("yes" if r["claim_holds"] else "NO") if first else ""))
             first = False
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
+def claims_summary(results: list[dict[str, Any]]) -> str:
+    """One paragraph per experiment: the claim checked and whether it held on this run."""
+    out = []
+    for r in results:
+        verdict = "HOLDS" if r["claim_holds"] else "does NOT hold"
+        out.append(f"{r['experiment']} [{r.get('mode', '?')}, {r.get('seeds', '?')} seeds]: claim {verdict} — {r['claim']}")
+        if r.get("reported"):
+            out.append(f"    reported: {r['reported']}")
+    return "\n".join(out)
+
+
 def results_markdown(results: list[dict[str, Any]]) -> str:
     out = ["# trainwell lab results", ""]
     for r in results:
-        out += [f"## {r['title']} (`{r['experiment']}`)", "",
-                f"{r['mode']} mode, {r['seeds']} seeds, {r['runtime_s']:.0f}s. Metric: {r['metric']}.", ""]
+        out += [f"## {r.get('title', r['experiment'])} (`{r['experiment']}`)", "",
+                f"{r.get('mode', '?')} mode, {r.get('seeds', '?')} seeds, {r.get('runtime_s', 0):.0f}s. "
+                f"Metric: {r['metric']}.", ""]
         out += ["| method | mean ± std |", "|---|---|"]
         out += [f"| {m} | {_fmt(s)} |" for m, s in r["results"].items()]
         out += ["", f"Claim: {r['claim']} — **{'holds' if r['claim_holds'] else 'does not hold'}** on this run."]
@@ -55,6 +71,7 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
 
 
 def write_index(out: Path) -> Path:
+    """Write ``<out>/index.html`` (links to every experiment's table, results.json and plots) and results.md."""
     out = Path(out)
     results = collect(out)
     e = html.escape
@@ -73,28 +90,30 @@ def write_index(out: Path) -> Path:
         cls = "yes" if r["claim_holds"] else "no"
         parts.append(
             f"<tr><td><a href='#{e(r['experiment'])}'>{e(r['experiment'])}</a></td><td>{e(r['metric'])}</td>"
-            f"<td>{e(r['mode'])}</td><td>{r['seeds']}</td><td class='{cls}'>{'yes' if r['claim_holds'] else 'no'}</td></tr>"
+            f"<td>{e(str(r.get('mode', '?')))}</td><td>{e(str(r.get('seeds', '?')))}</td><td class='{cls}'>{'yes' if r['claim_holds'] else 'no'}</td></tr>"
         )
     parts.append("</table>")
     for r in results:
         name = r["experiment"]
-        parts.append(f"<section id='{e(name)}'><h2>{e(r['title'])} <small>({e(name)})</small></h2>")
+        folder = e(r.get("_dir", name))
+        parts.append(f"<section id='{e(name)}'><h2>{e(r.get('title', name))} <small>({e(name)})</small></h2>")
         parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='{'yes' if r['claim_holds'] else 'no'}'>"
                      f"{'holds' if r['claim_holds'] else 'does not hold'}</span> on this run.</p>")
         if r.get("reported"):
             parts.append(f"<p><b>Reported:</b> {e(r['reported'])}</p>")
-        sec = list(r.get("secondary", {}))
+        secondary = r.get("secondary", {})
+        sec = list(secondary)
         parts.append("<table><tr><th>method</th><th>" + e(r["metric"]) + "</th>"
                      + "".join(f"<th>{e(k)}</th>" for k in sec) + "</tr>")
         for m, s in r["results"].items():
             cells = "".join(
-                f"<td>{_fmt(r['secondary'][k][m])}</td>" if m in r["secondary"][k] else "<td>—</td>" for k in sec
+                f"<td>{_fmt(secondary[k][m])}</td>" if m in secondary[k] else "<td>—</td>" for k in sec
             )
             parts.append(f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td>{cells}</tr>")
         parts.append("</table>")
         for png in r.get("plots", []):
-            parts.append(f"<img src='{e(name)}/{e(png)}' alt='{e(png)}'>")
-        parts.append(f"<p><a href='{e(name)}/table.md'>table.md</a> · <a href='{e(name)}/results.json'>results.json</a>"
+            parts.append(f"<img src='{folder}/{e(png)}' alt='{e(png)}'>")
+        parts.append(f"<p><a href='{folder}/table.md'>table.md</a> · <a href='{folder}/results.json'>results.json</a>"
                      + (f" · source: {e(r['source'])}" if r.get("source") else "") + "</p></section>")
     parts.append("</body></html>")
     atomic_write_text(out / "index.html", "\n".join(parts))
