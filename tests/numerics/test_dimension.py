@@ -53,8 +53,8 @@ def test_min_embedding_dim_worked_numbers() -> None:
     assert min_embedding_dim(5e6, rounding=None) == pytest.approx(128.49, abs=1e-2)
     assert min_embedding_dim(512, rounding=None) == pytest.approx(51.97, abs=1e-2)
     assert min_embedding_dim(1e5) == 96
-    assert min_embedding_dim(5e6, rounding="round") == 128
-    assert min_embedding_dim(5e6) == 129
+    assert min_embedding_dim(5e6) == 128  # the post's "≈128"
+    assert min_embedding_dim(5e6, rounding="ceil") == 129  # smallest integer with n > 8.33 log N
     assert head_dim_lower_bound(512) == 52
     assert isinstance(min_embedding_dim(1e5), int)
     # the Laplace constant: 2 / (½ log φ)
@@ -66,7 +66,7 @@ def test_min_embedding_dim_worked_numbers() -> None:
 def test_min_embedding_dim_monotone_in_vocab() -> None:
     sizes = np.logspace(0.5, 9, 60)
     raw = [min_embedding_dim(float(s), rounding=None) for s in sizes]
-    ceil = [min_embedding_dim(float(s)) for s in sizes]
+    ceil = [min_embedding_dim(float(s), rounding="ceil") for s in sizes]
     assert all(x < y for x, y in itertools.pairwise(raw))
     assert all(x <= y for x, y in itertools.pairwise(ceil))
 

@@ -424,3 +424,110 @@ def test_sgdm_buffer_equivalence_property(k: int, cycles: int, beta: float, damp
         m = beta * m + (1 - damp) * sum(micro) / k
         ref = ref - 0.3 * m
         torch.testing.assert_close(p.detach(), ref, rtol=0, atol=1e-12)
+
+
+def _spec_accum_adamw(p0: list[torch.Tensor], gseq: list[list[torch.Tensor | None]], lr: float, b1: float,
+                      b2: float, eps: float, wd: float, k: int, inside: bool) -> list[torch.Tensor]:
+    """Spec §2.4 reference pseudo-code, written out per micro-step (float64, grad None = 0)."""
+    ps = [p.clone() for p in p0]
+    m = [torch.zeros_like(p) for p in ps]
+    v = [torch.zeros_like(p) for p in ps]
+    for t, gs in enumerate(gseq, start=1):
+        first, last = (t - 1) % k == 0, t % k == 0
+        for j, g in enumerate(gs):
+            d1, d2 = (b1, b2) if first else (1.0, 1.0)
+            gj = torch.zeros_like(ps[j]) if g is None else g
+            m[j] = d1 * m[j] + (1 - b1) / k * gj
+            v[j] = d2 * v[j] + (1 - b2) / k * gj * gj
+            if last:
+                n = t // k
+                mhat, vhat = m[j] / (1 - b1**n), v[j] / (1 - b2**n)
+                denom = torch.sqrt(vhat + eps) if inside else torch.sqrt(vhat) + eps
+                ps[j] = ps[j] - lr * wd * ps[j] - lr * mhat / denom
+    return ps
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("eps_inside_sqrt", [False, True])
+def test_adamw_distinct_micro_grads_match_spec_pseudocode(foreach: bool, eps_inside_sqrt: bool) -> None:
+    """k > 1, different micro-grads, a missing grad, both kernels: the spec's per-micro-step recursion."""
+    k, steps = 3, 14
+    g = torch.Generator().manual_seed(21)
+    p0 = [torch.randn(s, generator=g, dtype=D) for s in SHAPES]
+    gseq: list[list[torch.Tensor | None]] = [
+        [None if (t % 5 == 2 and j == 1) else torch.randn(s, generator=g, dtype=D) for j, s in enumerate(SHAPES)]
+        for t in range(steps)
+    ]
+    ps = [torch.nn.Parameter(p.clone()) for p in p0]
+    frozen = torch.nn.Parameter(torch.ones(3, dtype=D), requires_grad=False)
+    opt = AccumAdamW([*ps, frozen], 0.01, (0.8, 0.95), 1e-3, 0.1, k, eps_inside_sqrt, foreach=foreach)
+    for t, gs in enumerate(gseq, start=1):
+        before = [p.detach().clone() for p in ps]
+        for p, gr in zip(ps, gs):
+            p.grad = None if gr is None else gr.clone()
+        opt.step()
+        assert opt.is_update_step == (t % k == 0)
+        if t % k:
+            assert all(torch.equal(p, b) for p, b in zip(ps, before))  # bitwise unchanged
+    ref = _spec_accum_adamw(p0, gseq, 0.01, 0.8, 0.95, 1e-3, 0.1, k, eps_inside_sqrt)
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p.detach(), r, rtol=0, atol=1e-12)
+    assert torch.equal(frozen, torch.ones(3, dtype=D)) and frozen not in opt.state  # frozen: no decay, no state
+
+
+def test_sgdm_positional_order_matches_issue_signature() -> None:
+    """``AccumSGDM(params, lr, momentum=0.9, accum_steps=1, ...)``: accum_steps is the 4th positional."""
+    p = torch.nn.Parameter(torch.zeros(2, dtype=D))
+    opt = AccumSGDM([p], 0.1, 0.5, 3)
+    assert opt.accum_steps == 3 and opt.param_groups[0]["momentum"] == 0.5
+    assert opt.param_groups[0]["dampening"] == 0.0
+
+
+def test_update_step_scheduler_exact_when_gradscaler_skips_after_an_update() -> None:
+    # A skipped micro-step right after an update leaves is_update_step True from that update; the
+    # scheduler wrapper must not step twice for it.
+    from trainwell.optim import AccumSGDM, UpdateStepScheduler
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = AccumSGDM([p], lr=0.1, accum_steps=2)
+    sched = UpdateStepScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), opt)
+    calls = 0
+    for g, skipped in [(1.0, False), (1.0, False), (float("inf"), True), (1.0, False), (1.0, False)]:
+        p.grad = torch.full_like(p, g)
+        if not skipped:  # what GradScaler does: no opt.step() on overflow
+            opt.step()
+        opt.zero_grad()
+        calls += sched.step()
+    assert opt.num_updates == 2
+    assert sched.num_updates == 2 and calls == 2
+    assert sched.get_last_lr() == [pytest.approx(0.1 * 0.5**2)]
+    sd = sched.state_dict()
+    sched2 = UpdateStepScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), opt)
+    sched2.load_state_dict(sd)
+    assert not sched2.step()
+
+
+def test_skip_nonfinite_with_update_in_backward_is_rejected() -> None:
+    from trainwell.optim import AccumAdamW
+
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="'skip_nonfinite' and 'update_in_backward'"):
+        AccumAdamW([p], lr=0.1, skip_nonfinite=True, update_in_backward=True)
+    opt = AccumAdamW([p], lr=0.1, skip_nonfinite=True)
+    with pytest.raises(ValueError, match="'skip_nonfinite'"):
+        opt.enable_update_in_backward()
+
+
+def test_num_updates_round_trips_through_state_dict() -> None:
+    from trainwell.optim import AccumAdamW
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = AccumAdamW([p], lr=0.1, accum_steps=2)
+    for _ in range(5):
+        p.grad = torch.ones(3)
+        opt.step()
+    assert opt.num_updates == 2
+    q = torch.nn.Parameter(torch.ones(3))
+    opt2 = AccumAdamW([q], lr=0.1, accum_steps=2)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.num_updates == 2 and opt2.cycle_position == 1

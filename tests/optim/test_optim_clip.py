@@ -163,3 +163,9 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="'norm_type'"):
         clip_grad_norm_([p], 1.0, norm_type=-1)
     assert float(clip_grad_norm_([torch.zeros(2)], 1.0)) == 0.0
+    with pytest.raises(ValueError, match="'max_norm'"):
+        clip_coefficient(torch.tensor(2.0), -1.0, "soft")
+    with pytest.raises(TypeError, match="'total_norm'"):
+        clip_coefficient(2.0, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'norm_type'"):
+        Clipped(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1), norm_type=0.0)

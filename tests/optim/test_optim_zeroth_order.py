@@ -270,6 +270,16 @@ def test_mgs_step_applies_weighted_candidates_and_is_reproducible() -> None:
     b, _, _ = run(0)
     assert torch.equal(a, b)  # same seed, same update (two "ranks" agree)
     deltas = torch.stack([s - x0 for s in seen[1:]])
+    # weights recomputed from the evaluated points alone (the mixture density needs no component labels)
+    vals = torch.stack([(s - target).abs().sum().round(decimals=1) for s in seen])
+    dl = vals[1:] - vals[0]
+    mu, sig = (0.1 * (target - x0)).flatten(), 0.05
+    flat = deltas.flatten(1)
+    log_q = torch.logaddexp(math.log(0.5) - flat.pow(2).sum(1) / (2 * sig**2),
+                            math.log(0.5) - (flat - mu).pow(2).sum(1) / (2 * sig**2))
+    alpha = max(float(dl.std(unbiased=False)), 1e-8)
+    w_ref = torch.softmax(-dl / alpha - log_q, 0)
+    torch.testing.assert_close(res.weights, w_ref, rtol=1e-9, atol=1e-12)  # type: ignore[attr-defined]
     expected = x0 + (res.weights[:, None, None] * deltas).sum(0)  # type: ignore[attr-defined]
     torch.testing.assert_close(a, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(res.weights.sum(), torch.tensor(1.0, dtype=D))  # type: ignore[attr-defined]
@@ -312,3 +322,43 @@ def test_bad_inputs() -> None:
         ZerothOrder([p], lr=-1.0)
     with pytest.raises(ValueError, match="'radius'"):
         sampling_view_step(torch.ones(3), 0.0, 1.0)
+
+
+def test_mean_baseline_is_leave_one_out_and_unbiased_at_two_samples() -> None:
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=D)
+    x0 = torch.tensor([0.3, -0.1, 0.2], dtype=D)
+    sigma, n = 0.5, 3
+    p = torch.nn.Parameter(x0.clone())
+    seen: list[tuple[torch.Tensor, float]] = []
+
+    def f() -> torch.Tensor:
+        val = w @ p.detach() + 0.1 * p.detach().pow(2).sum()
+        seen.append((p.detach().clone(), float(val)))
+        return val
+
+    zo_grad(f, [p], num_samples=n, sigma=sigma, antithetic=False, baseline="mean",
+            generator=torch.Generator().manual_seed(8))
+    u = torch.stack([(pt - x0) / sigma for pt, _ in seen])
+    vals = torch.tensor([v for _, v in seen], dtype=D)
+    loo = (vals.sum() - vals) / (n - 1)  # mean of the *other* samples
+    torch.testing.assert_close(_g(p), ((vals - loo) / sigma)[:, None].mul(u).mean(0), rtol=1e-10, atol=1e-12)
+
+    # with two samples a mean that included the sample itself would halve the estimate; LOO does not
+    q = torch.nn.Parameter(torch.zeros(3, dtype=D))
+    gen = torch.Generator().manual_seed(9)
+    reps = 3000
+    est = torch.empty(reps, 3, dtype=D)
+    for i in range(reps):
+        q.grad = None
+        zo_grad(lambda: w @ q, [q], num_samples=2, sigma=1.0, antithetic=False, baseline="mean", generator=gen)
+        est[i] = _g(q)
+    se = est.std(0) / math.sqrt(reps)
+    assert bool(((est.mean(0) - w).abs() < 5 * se).all())
+    with pytest.raises(ValueError, match="'baseline'"):
+        zo_grad(lambda: w @ q, [q], num_samples=1, antithetic=False, baseline="mean")
+
+
+def test_zero_differences_still_write_a_zero_gradient() -> None:
+    p = torch.nn.Parameter(torch.ones(4))
+    zo_grad(lambda: torch.tensor(1.0), [p], num_samples=3, sigma=0.1, generator=torch.Generator().manual_seed(0))
+    assert p.grad is not None and torch.equal(p.grad, torch.zeros(4))

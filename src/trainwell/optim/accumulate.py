@@ -59,6 +59,12 @@ class _AccumOptimizer(Optimizer):
         check_bool("skip_nonfinite", skip_nonfinite, fn=self._fn)
         check_bool("sync_moments", sync_moments, fn=self._fn)
         check_bool("update_in_backward", update_in_backward, fn=self._fn)
+        if skip_nonfinite and update_in_backward:
+            # the hooks fold each gradient into the moments during backward, before step() could look
+            raise ValueError(
+                f"{self._fn}(): arguments 'skip_nonfinite' and 'update_in_backward' cannot both be True: "
+                "in backward the gradients are applied before any finiteness check can see them"
+            )
         super().__init__(params, defaults)
         self._accum_steps = k
         self._cycle_pos = 0  # successful micro-steps taken in the current cycle (0 .. k-1)
@@ -66,6 +72,7 @@ class _AccumOptimizer(Optimizer):
         self.sync_moments = sync_moments
         self.process_group = process_group
         self.is_update_step = False
+        self.num_updates = 0  # completed cycles (parameter updates); UpdateStepScheduler follows it
         self.skipped_steps = 0
         self._hooks: list[Any] = []
         self._done_in_backward: set[int] = set()
@@ -102,7 +109,11 @@ class _AccumOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["accumulation"] = {"accum_steps": self._accum_steps, "cycle_pos": self._cycle_pos}
+        sd["accumulation"] = {
+            "accum_steps": self._accum_steps,
+            "cycle_pos": self._cycle_pos,
+            "num_updates": self.num_updates,
+        }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -127,6 +138,7 @@ class _AccumOptimizer(Optimizer):
         if acc is not None:
             self._accum_steps = int(acc["accum_steps"])
             self._cycle_pos = int(acc["cycle_pos"])
+            self.num_updates = int(acc.get("num_updates", 0))
 
     def _phase(self) -> tuple[bool, bool]:
         first = self._cycle_pos == 0
@@ -200,7 +212,8 @@ class _AccumOptimizer(Optimizer):
                 use_foreach = bool(group["foreach"])
             buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
             for p in group["params"]:
-                if id(p) in self._done_in_backward:
+                # frozen parameters are left alone (as torch does): no state, no decay, no update
+                if id(p) in self._done_in_backward or not p.requires_grad:
                     continue
                 if use_foreach and p.grad is not None and p.dtype not in _LOW_PRECISION and not p.grad.is_sparse:
                     self._state(p)
@@ -218,7 +231,7 @@ class _AccumOptimizer(Optimizer):
         if last and not fuse:
             self._all_reduce_moments()
             for group in self.param_groups:
-                pending = [p for p in group["params"] if id(p) not in self._done_in_backward]
+                pending = [p for p in group["params"] if id(p) not in self._done_in_backward and p.requires_grad]
                 if pending:
                     self._apply_update(group, pending, last)
         self._finish_micro_step(last)
@@ -236,6 +249,8 @@ class _AccumOptimizer(Optimizer):
         self._done_in_backward.clear()
         self._cycle_pos = 0 if last else self._cycle_pos + 1
         self.is_update_step = last
+        if last:
+            self.num_updates += 1
 
     # ------------------------------------------------------------------------------ DDP moment sync
 
@@ -280,6 +295,8 @@ class _AccumOptimizer(Optimizer):
         """
         if self.sync_moments:
             raise ValueError(f"{self._fn}(): 'sync_moments' cannot be combined with update in backward")
+        if self.skip_nonfinite:
+            raise ValueError(f"{self._fn}(): 'skip_nonfinite' cannot be combined with update in backward")
         if self._hooks:
             return self._hooks
         for group in self.param_groups:
@@ -329,7 +346,8 @@ class AccumSGDM(_AccumOptimizer):
     Learning-rate schedules are indexed by update count: step the scheduler only when
     ``opt.is_update_step`` is True, or wrap it in :class:`UpdateStepScheduler`.
 
-    A micro-step whose parameter has ``grad=None`` counts as a zero contribution (buffer semantics). A step
+    A micro-step whose parameter has ``grad=None`` counts as a zero contribution (buffer semantics); parameters
+    with ``requires_grad=False`` are skipped entirely (no state, no weight decay), as in torch. A step
     skipped by ``GradScaler`` (inf/NaN) is not counted, so the cycle gets one micro-step longer; with
     ``skip_nonfinite=True`` the optimizer does the same check itself (one host sync per micro-step).
 
@@ -341,9 +359,9 @@ class AccumSGDM(_AccumOptimizer):
         params: parameters or parameter groups.
         lr: learning rate α (per update, tuned for the effective batch k × micro-batch).
         momentum: β in [0, 1).
+        accum_steps: micro-steps per update ``k`` (optimizer-wide; change only at a cycle boundary).
         dampening: gradient weight ``1 - dampening`` (0 = torch default; ``momentum`` = EMA form).
         weight_decay: L2 penalty added to every micro-gradient.
-        accum_steps: micro-steps per update ``k`` (optimizer-wide; change only at a cycle boundary).
         maximize: ascend instead of descend.
         foreach: use ``torch._foreach_*`` kernels (None: as torch, only on CUDA/XPU; on CPU the plain
             loop is faster).
@@ -362,9 +380,9 @@ class AccumSGDM(_AccumOptimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         momentum: float = 0.9,
+        accum_steps: int = 1,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
-        accum_steps: int = 1,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -643,9 +661,11 @@ class UpdateStepScheduler:
     """Step an LR scheduler once per *update* of an accumulating optimizer (every ``k`` micro-steps).
 
     ``sched = UpdateStepScheduler(torch.optim.lr_scheduler.StepLR(opt, 10), opt)`` and call
-    ``sched.step()`` after every ``opt.step()``: the inner scheduler advances only when
-    ``opt.is_update_step`` is True, so over ``n·k`` micro-steps it steps exactly ``n`` times and the LR is
-    constant within a cycle. Equivalent to ``if opt.is_update_step: scheduler.step()``.
+    ``sched.step()`` after every micro-step: the inner scheduler advances once for each parameter update
+    the optimizer completed since the last call (it follows ``opt.num_updates``), so over ``n·k``
+    micro-steps it steps exactly ``n`` times and the LR is constant within a cycle. Unlike a bare
+    ``if opt.is_update_step: scheduler.step()``, it stays exact when GradScaler skips a micro-step (then
+    ``opt.step()`` is not called and ``is_update_step`` still describes the previous call).
     """
 
     def __init__(self, scheduler: Any, optimizer: AccumSGDM | AccumAdamW) -> None:
@@ -656,22 +676,27 @@ class UpdateStepScheduler:
                  exc=TypeError)
         self.scheduler = scheduler
         self.optimizer = optimizer
-        self.num_updates = 0
+        self.num_updates = 0  # inner scheduler steps taken
+        self._seen_updates = optimizer.num_updates
 
     def step(self) -> bool:
-        """Advance the inner scheduler if the last micro-step was an update; return whether it did."""
-        if self.optimizer.is_update_step:
+        """Advance the inner scheduler once per optimizer update since the last call; return whether it did."""
+        stepped = False
+        while self._seen_updates < self.optimizer.num_updates:
             self.scheduler.step()
             self.num_updates += 1
-            return True
-        return False
+            self._seen_updates += 1
+            stepped = True
+        return stepped
 
     def get_last_lr(self) -> list[float]:
         return list(self.scheduler.get_last_lr())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict(), "num_updates": self.num_updates}
+        return {"scheduler": self.scheduler.state_dict(), "num_updates": self.num_updates,
+                "seen_updates": self._seen_updates}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state_dict["scheduler"])
         self.num_updates = int(state_dict["num_updates"])
+        self._seen_updates = int(state_dict.get("seen_updates", self.optimizer.num_updates))

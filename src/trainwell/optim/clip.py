@@ -16,7 +16,7 @@ from torch.utils._foreach_utils import (
     _has_foreach_support,
 )
 
-from trainwell._validation import check_bool, check_choice, check_number, fail
+from trainwell._validation import check_bool, check_choice, check_number, check_tensor, fail
 
 __all__ = ["CLIP_MODES", "Clipped", "clip_coefficient", "clip_grad_norm_"]
 
@@ -33,7 +33,10 @@ def clip_coefficient(total_norm: Tensor, max_norm: float, mode: str = "hard", ep
     An infinite norm gives factor 0 (grads become NaN where they were inf, 0 elsewhere); GradScaler then
     skips the step, so nothing is raised.
     """
+    check_tensor("total_norm", total_norm, fn="clip_coefficient", kind="float")
+    check_number("max_norm", max_norm, fn="clip_coefficient", min=0.0, min_inclusive=False)
     check_choice("mode", mode, CLIP_MODES, fn="clip_coefficient")
+    check_number("eps", eps, fn="clip_coefficient", min=0.0)
     if mode == "hard":
         return torch.clamp(max_norm / (total_norm + eps), max=1.0)
     return max_norm / (total_norm + max_norm)
@@ -142,6 +145,7 @@ class Clipped:
             fail("Clipped", "optimizer", "a torch.optim.Optimizer", optimizer, exc=TypeError)
         check_number("max_norm", max_norm, fn="Clipped", min=0.0, min_inclusive=False)
         check_choice("mode", mode, CLIP_MODES, fn="Clipped")
+        check_number("norm_type", norm_type, fn="Clipped", min=0.0, min_inclusive=False)
         self.optimizer = optimizer
         self.max_norm = float(max_norm)
         self.mode = mode

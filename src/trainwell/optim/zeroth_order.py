@@ -125,8 +125,10 @@ def zo_grad(
     """Estimate ∇f by random finite differences and **add** it to ``p.grad`` (like ``backward`` does).
 
     Central/antithetic (default): ``ĝ = mean_j [f(x+σu_j) - f(x-σu_j)]/(2σ) · u_j``; forward:
-    ``ĝ = mean_j [f(x+σu_j) - b]/σ · u_j`` with baseline ``b`` = f(x) (``"f(x)"``), the mean of the
-    sampled values (``"mean"``) or 0 (``"none"``). For Gaussian u both are unbiased for the gradient of the
+    ``ĝ = mean_j [f(x+σu_j) - b_j]/σ · u_j`` with baseline ``b_j`` = f(x) (``"f(x)"``), the mean of the
+    *other* sampled values (``"mean"``, leave-one-out: including f(x+σu_j) itself would shrink the estimate
+    by (n-1)/n and zero it for n = 1; needs ``num_samples >= 2``) or 0 (``"none"``). For Gaussian u both are
+    unbiased for the gradient of the
     smoothed function ``f_σ(x) = E_u f(x+σu)`` at every σ (Stein's identity); the central estimator is
     exactly ``(uᵀ∇f)u`` for quadratics (so unbiased for ∇f, second moment (d+2)‖∇f‖²) and cancels even
     orders. Rademacher and sphere (radius √d) directions also have ``E[uuᵀ] = I`` but the smoothing claim
@@ -149,7 +151,7 @@ def zo_grad(
         sigma: smoothing radius σ > 0 (≈1e-3 × parameter scale for smooth f, 1e-2..1e-1 for piecewise-
             constant metrics).
         antithetic: central differences (2 evaluations per sample, no baseline needed).
-        baseline: forward-mode baseline, one of ``"f(x)"``, ``"mean"``, ``"none"``.
+        baseline: forward-mode baseline, one of ``"f(x)"``, ``"mean"`` (leave-one-out), ``"none"``.
         distribution: ``"gaussian"``, ``"rademacher"`` or ``"sphere"``.
         generator: draws the per-sample seeds (global RNG if None).
 
@@ -169,6 +171,12 @@ def zo_grad(
     check_bool("antithetic", antithetic, fn=fn)
     check_choice("baseline", baseline, ZO_BASELINES, fn=fn)
     check_choice("distribution", distribution, ZO_DISTRIBUTIONS, fn=fn)
+    if not antithetic and baseline == "mean" and n < 2:
+        fail(fn, "baseline", "'f(x)' or 'none' when num_samples == 1 ('mean' is leave-one-out)", baseline)
+    # like backward(), every parameter gets a .grad even when all finite differences happen to be 0
+    for p in plist:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     noise = _Noise(plist, distribution)
     values: list[float] = []
     if antithetic:
@@ -196,9 +204,10 @@ def zo_grad(
         else:
             noise.replay(seed, scale, -s, (f - base) / (s * n))
     if baseline == "mean":
-        mean = sum(values) / n
+        total = sum(values)
         for seed, scale, f in pending:
-            noise.replay(seed, scale, 0.0, (f - mean) / (s * n))
+            loo = (total - f) / (n - 1)  # mean of the other samples: independent of u_j, so unbiased
+            noise.replay(seed, scale, 0.0, (f - loo) / (s * n))
     if baseline == "f(x)":
         return torch.tensor(base, dtype=torch.float64)
     return torch.tensor(sum(values) / n, dtype=torch.float64)
@@ -243,6 +252,8 @@ class ZerothOrder(Optimizer):
         check_int("num_samples", num_samples, fn=fn, min=1)
         check_bool("antithetic", antithetic, fn=fn)
         check_choice("baseline", baseline, ZO_BASELINES, fn=fn)
+        if not antithetic and baseline == "mean" and num_samples < 2:
+            fail(fn, "baseline", "'f(x)' or 'none' when num_samples == 1 ('mean' is leave-one-out)", baseline)
         check_choice("distribution", distribution, ZO_DISTRIBUTIONS, fn=fn)
         check_number("momentum", momentum, fn=fn, min=0.0, max=1.0, max_inclusive=False)
         check_number("weight_decay", weight_decay, fn=fn, min=0.0)
