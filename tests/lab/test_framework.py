@@ -266,3 +266,14 @@ def test_torchrun_style_launch_splits_seeds_and_matches_single_process(tmp_path,
     assert res["results"] == single["results"]
     assert (ddp_out / "index.html").is_file()
     assert not [p for p in ddp_out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_clearly_above_uses_pooled_seed_std() -> None:
+    from trainwell.lab.base import MethodStats
+
+    a, b = MethodStats([0.72, 0.76]), MethodStats([0.70, 0.74])
+    # gap 0.02, pooled std sqrt((0.0283² + 0.0283²) / 2) = 0.0283: within noise
+    assert not a.clearly_above(b)
+    assert MethodStats([0.80, 0.81]).clearly_above(MethodStats([0.70, 0.71]))
+    assert MethodStats([0.8]).clearly_above(MethodStats([0.7]))  # one seed: plain comparison
+    assert not MethodStats([0.7]).clearly_above(MethodStats([0.7]))

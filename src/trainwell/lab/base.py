@@ -134,6 +134,15 @@ class MethodStats:
     def to_json(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "values": [float(v) for v in self.values]}
 
+    def clearly_above(self, other: MethodStats) -> bool:
+        """Whether this mean beats ``other``'s by more than their pooled seed-to-seed std.
+
+        ``mean_a - mean_b > sqrt((std_a² + std_b²) / 2)``: a gain smaller than the spread between seeds is
+        not called a win. With one seed each (std 0) it reduces to ``mean_a > mean_b``.
+        """
+        pooled = math.sqrt((self.std**2 + other.std**2) / 2)
+        return self.mean - other.mean > pooled
+
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.std:.4f}"
 

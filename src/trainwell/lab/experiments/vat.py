@@ -19,20 +19,34 @@ Adam (single-threaded). Every step draws a labeled batch (cross-entropy). Method
 
 * ``labeled only`` — nothing else.
 * ``VAT`` — plus one :class:`~trainwell.regularizers.VAT` step on an unlabeled batch (perturbation of
-  the embedding output, per-sample norm ε = 1, one power iteration, finite-difference step ξ = 0.1,
-  weight α = 1); its gradient is added to the supervised one before the optimizer step.
+  the embedding output, per-sample norm ε = 0.1, one power iteration, finite-difference step ξ = 0.1,
+  weight α = 1); its gradient is added to the supervised one before the optimizer step. ε was chosen
+  on *dev* accuracy from {0.1, 0.3, 1, 3} with the quick setting on seeds 1–3 (the runner's seeds
+  are 1234…, so the reported cells are not the ones ε was chosen on): mean best dev accuracy 65.0,
+  65.0, 64.4, 62.7 (labeled only 64.0); ε = 1 was the earlier a-priori value.
+* ``VAT ε=0.01 (control)`` — the same VAT step with ε = 0.01, where the virtual-adversarial loss is
+  ≈ 0 (the helper replays the clean pass's dropout masks, so only the tiny perturbation differs).
+  It changes nothing but the random stream the labeled steps see (VAT draws a random direction and
+  runs extra passes), so its Δ against ``labeled only`` is the noise floor of this comparison: on
+  the probe seeds it gained +0.6 dev points by itself, about two thirds of VAT's +1.0. Read VAT's
+  effect against this control, not only against ``labeled only``.
 * ``R-Drop`` — plus the label-free R-Drop term on an unlabeled batch: two dropout passes (p = 0.3)
   and ``α·½[KL(P¹‖P²) + KL(P²‖P¹)]``, α = 1 (:func:`~trainwell.losses.symmetric_kl`; Su's
   semi-supervised use of R-Drop, post 8496).
 
-Modes: tiny 20 steps on 300 unlabeled reviews (seconds). Quick 240 steps, 48 characters, 3,000
-unlabeled reviews, 32-d embeddings / 64 filters (≈ 45 s of CPU for 3 methods × 3 seeds). Full 1,500
-steps, 100 characters, all 12,033 unlabeled reviews, 64-d / 128 filters, 5 seeds. With 122 labels a
-char-CNN from scratch reaches only ≈ 64–66% test accuracy (the post's BERT starts from pretraining and
-reaches 89%), and the test accuracy at the best dev point moves by ±1–2 points between seeds: expect
-differences of that size to be within noise. A one-seed probe of the full setting (128 characters)
-gave labeled only 67.7% test, VAT 66.0%: VAT's dev accuracy peaked at 65.6% (step 300), then fell
-and stayed at ≈ 62.8% to the end, so from-scratch VAT did not help here.
+Modes: tiny 20 steps on 300 unlabeled reviews (seconds). Quick 240 steps, 48 characters, 3,000 unlabeled
+reviews, 32-d embeddings / 64 filters (≈ 60 s of CPU for 4 methods × 3 seeds; the labeled-only dev
+accuracy peaks at step 120–160, and probes with 360–480 steps, an unlabeled batch of 32 or a 16-d /
+32-filter model did not raise VAT's dev accuracy). Full 1,500 steps, 100 characters, all 12,033
+unlabeled reviews, 64-d / 128 filters, 5 seeds. With 122 labels a char-CNN from scratch reaches only ≈
+64–66% test accuracy (the post's BERT starts from pretraining and reaches 89%), and the test accuracy at
+the best dev point moves by ±1–2 points between seeds: expect differences of that size to be within
+noise. Quick run, seeds 1234–1236 (test, paired Δ vs labeled only ± SE): labeled only 64.64 ± 2.24, VAT
++0.16 ± 0.51, control +0.02 ± 0.69, R-Drop −0.85 ± 0.58 — all within noise: the judge's "VAT mean >
+labeled-only mean" can come out either way here. A one-seed probe of the full setting (128 characters)
+gave labeled only 67.7% test, VAT 66.0% with the earlier ε = 1: VAT's dev accuracy peaked at 65.6% (step
+300), then fell and stayed at ≈ 62.8% to the end, so from-scratch VAT did not help there; full mode with
+ε = 0.1 has not been run.
 
 The post alternates two optimizers (supervised step, then an unlabeled step at half the learning
 rate); here both gradients go into one Adam step, which is the usual PyTorch form of "labeled CE +
@@ -65,13 +79,15 @@ from trainwell.lab.io import atomic_write_text
 
 __all__ = ["EXPERIMENT", "HPARAMS", "METHODS"]
 
-METHODS = ["labeled only", "VAT", "R-Drop"]
+CONTROL = "VAT ε=0.01 (control)"
+METHODS = ["labeled only", "VAT", CONTROL, "R-Drop"]
 REFERENCE = "labeled only"
 
 #: Fixed hyperparameters (a priori; not tuned on test).
 HPARAMS: dict[str, Any] = {
     "labeled_fraction": 0.01,
-    "vat_epsilon": 1.0,
+    "vat_epsilon": 0.1,  # chosen on dev (probe seeds 1–3) from {0.1, 0.3, 1, 3}
+    "control_epsilon": 0.01,
     "vat_xi": 0.1,
     "vat_power_iterations": 1,
     "vat_alpha": 1.0,
@@ -112,7 +128,8 @@ def _train(method: str, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, data: Any, 
     torch.manual_seed(seed)
     model = TextCNN(data.vocab_size, emb_dim=cfg.emb_dim, channels=cfg.channels)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    vat = VAT(model.get_input_embeddings(), epsilon=hp["vat_epsilon"], xi=hp["vat_xi"],
+    eps = hp["control_epsilon"] if method == CONTROL else hp["vat_epsilon"]
+    vat = VAT(model.get_input_embeddings(), epsilon=eps, xi=hp["vat_xi"],
               power_iterations=hp["vat_power_iterations"], alpha=hp["vat_alpha"])
     order = torch.Generator().manual_seed(seed)  # same labeled / unlabeled batches for every method
     torch.manual_seed(seed + 1)
@@ -137,7 +154,7 @@ def _train(method: str, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, data: Any, 
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x_lab[lidx]), y_lab[lidx]).backward()
         xu = x_unl[uidx]
-        if method == "VAT":
+        if method in ("VAT", CONTROL):
             unl_curve.append(float(vat.step(functools.partial(model, xu))))
         elif method == "R-Drop":
             l1, l2 = model(torch.cat([xu, xu])).chunk(2)
@@ -195,10 +212,10 @@ def _run_seed(ctx: RunContext) -> SeedResult:
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """VAT's mean test accuracy is above the labeled-only mean."""
+    """VAT's mean test accuracy beats the labeled-only mean by more than the pooled seed std."""
     if "VAT" not in stats or REFERENCE not in stats:
         return False
-    return stats["VAT"].mean > stats[REFERENCE].mean
+    return stats["VAT"].clearly_above(stats[REFERENCE])
 
 
 def _plot(res: dict[str, Any], cells: list[SeedResult], out_dir: Path) -> list[Path]:
@@ -224,14 +241,15 @@ EXPERIMENT = Experiment(
     title="Semi-supervised sentiment with 1% labels: VAT and R-Drop on unlabeled text vs labeled only",
     metric="test_acc",
     claim="Adding the VAT loss on unlabeled reviews beats training on the 1% labeled reviews alone "
-    "(post, BERT: test 89.34 → 90.37); judged as mean(VAT) > mean(labeled only).",
+    "(post, BERT: test 89.34 → 90.37); judged as mean(VAT) above mean(labeled only) by more than the pooled seed std.",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7466; kexue.fm/archives/8496; arXiv 1704.03976, 1605.07725, 2106.14448",
     reported="dev / test: no VAT 88.93 / 89.34, VAT 89.83 / 90.37, R-Drop 90.37 / 90.14 (BERT, 1% labeled)",
     seeds={"tiny": 1, "quick": 3, "full": 5},
-    full_runtime="about 35 min on 2 CPU cores (3 methods × 5 seeds, 1,500 steps; estimated from the measured "
-    "single-thread CPU time per step)",
+    full_runtime="about 50 min on 2 CPU cores (4 methods × 5 seeds, 1,500 steps; the 3-method estimate of "
+    "35 min from the measured single-thread CPU time per step, plus the VAT control, which costs as much as VAT)",
     plot=_plot,
+    version="2",
 )
