@@ -230,6 +230,17 @@ def _check_unit_range(target: Tensor, fn: str) -> None:
         fail(fn, "target", "values in [0, 1]", lo_f if not lo_f >= 0.0 else hi_f)
 
 
+def _check_dense_args(fn: str, input: Tensor, target: Tensor, mask: Tensor | None, reduction: str) -> str:
+    """Shared checks of the dense multi-label losses: scores, same-shape target, bool mask, reduction."""
+    check_tensor("input", input, fn=fn, kind="float", min_ndim=1)
+    check_tensor("target", target, fn=fn, kind=("float", "int", "bool"))
+    check_same_shape("input", input, "target", target, fn=fn)
+    check_tensor("mask", mask, fn=fn, kind="bool", allow_none=True)
+    if mask is not None:
+        check_broadcastable("input", input, "mask", mask, fn=fn)
+    return check_reduction(reduction, fn=fn)
+
+
 def multilabel_categorical_crossentropy(
     input: Tensor,
     target: Tensor,
@@ -277,13 +288,7 @@ def multilabel_categorical_crossentropy(
         negatives (the class then contributes nothing), at the cost of a re-run; prefer ``mask``.
     """
     fn = "multilabel_categorical_crossentropy"
-    check_tensor("input", input, fn=fn, kind="float", min_ndim=1)
-    check_tensor("target", target, fn=fn, kind=("float", "int", "bool"))
-    check_same_shape("input", input, "target", target, fn=fn)
-    check_tensor("mask", mask, fn=fn, kind="bool", allow_none=True)
-    if mask is not None:
-        check_broadcastable("input", input, "mask", mask, fn=fn)
-    reduction = check_reduction(reduction, fn=fn)
+    reduction = _check_dense_args(fn, input, target, mask, reduction)
     thr = check_finite_number("threshold", threshold, fn=fn)
     if soft is not None and not isinstance(soft, bool):
         fail(fn, "soft", "a bool or None", soft, exc=TypeError)
@@ -431,13 +436,7 @@ def multilabel_rank_loss(
         margin: margin m (default 0).
     """
     fn = "multilabel_rank_loss"
-    check_tensor("input", input, fn=fn, kind="float", min_ndim=1)
-    check_tensor("target", target, fn=fn, kind=("float", "int", "bool"))
-    check_same_shape("input", input, "target", target, fn=fn)
-    check_tensor("mask", mask, fn=fn, kind="bool", allow_none=True)
-    if mask is not None:
-        check_broadcastable("input", input, "mask", mask, fn=fn)
-    reduction = check_reduction(reduction, fn=fn)
+    reduction = _check_dense_args(fn, input, target, mask, reduction)
     g = check_number("gamma", gamma, fn=fn, min=0.0, min_inclusive=False)
     m = check_finite_number("margin", margin, fn=fn)
     assert g is not None
