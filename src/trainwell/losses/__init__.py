@@ -1,5 +1,6 @@
 """Loss functions from kexue.fm: ZLPR multi-label CE, logit adjustment and the imbalance family,
-AM-Softmax, Taylor softmax, R-Drop consistency and flooding.
+AM-Softmax, Taylor softmax, R-Drop consistency, flooding, and InfoNCE with exact large-batch gradient
+accumulation (``ContrastiveGradCache``).
 
 Every loss has a functional form ``name(input, target, ..., reduction="mean")`` and an ``nn.Module``
 twin; inputs may carry any leading dims ``[..., C]``; computation is float32 under autocast.
