@@ -22,6 +22,7 @@ from trainwell._validation import check_callable, check_module, fail
 
 __all__ = [
     "BackwardFn",
+    "EmbeddingPerturbation",
     "OutputHook",
     "RngReplay",
     "call_closure",
@@ -243,6 +244,29 @@ def perturbed_weight(weight: Tensor, delta: Tensor | None) -> Iterator[None]:
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+class EmbeddingPerturbation:
+    """What every perturbing two-pass object (FGM, PGD, fast GP, VAT) shares: its embedding module, its
+    ``mode`` (``'matrix'`` perturbs the weight, ``'output'`` the module's output through
+    :class:`OutputHook`) and the block that applies a matrix-mode perturbation."""
+
+    embedding: nn.Module
+    mode: str
+
+    @property
+    def _weight(self) -> Tensor:
+        weight: Tensor = self.embedding.weight  # type: ignore[assignment]
+        return weight
+
+    @contextlib.contextmanager
+    def _applied(self, deltas: Sequence[Tensor] | None) -> Iterator[None]:
+        """Matrix mode: weight += delta in place for the block (restored by copy). Output mode: the hook adds it."""
+        if self.mode == "matrix" and deltas is not None:
+            with perturbed_weight(self._weight, deltas[0]):
+                yield
+        else:
+            yield
 
 
 class OutputHook:

@@ -15,8 +15,7 @@ arXiv 1605.07725 (perturbing embeddings).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ from trainwell._validation import (
 )
 from trainwell.regularizers._common import (
     BackwardFn,
+    EmbeddingPerturbation,
     OutputHook,
     RngReplay,
     call_closure,
@@ -41,7 +41,6 @@ from trainwell.regularizers._common import (
     freeze_bn_stats,
     grad_scale,
     normalize,
-    perturbed_weight,
     resolve_backward,
     sync_context,
     unit,
@@ -52,7 +51,7 @@ __all__ = ["FGM", "PGD"]
 _MODES = ("matrix", "output")
 
 
-class _EmbeddingAttack:
+class _EmbeddingAttack(EmbeddingPerturbation):
     """Shared two-pass protocol: clean pass for a direction, perturbed pass(es), backward, restore.
 
     Invariants every subclass keeps:
@@ -91,11 +90,6 @@ class _EmbeddingAttack:
         self.perturbed: bool = False
 
     # ------------------------------------------------------------------------------------- helpers
-    @property
-    def _weight(self) -> Tensor:
-        weight: Tensor = self.embedding.weight  # type: ignore[assignment]
-        return weight
-
     def _pass(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
         """Run ``closure`` once; return the loss and the tensors the direction is taken against."""
         if self.mode == "output":
@@ -107,15 +101,6 @@ class _EmbeddingAttack:
             fail(fn, "embedding", "a module whose weight requires grad in mode='matrix' (use mode='output' "
                  "for a frozen embedding)", self.embedding)
         return call_closure(closure, fn=fn), [weight]
-
-    @contextlib.contextmanager
-    def _applied(self, deltas: Sequence[Tensor] | None) -> Iterator[None]:
-        """Matrix mode: weight += delta in place for the block (restored by copy). Output mode: the hook adds it."""
-        if self.mode == "matrix" and deltas is not None:
-            with perturbed_weight(self._weight, deltas[0]):
-                yield
-        else:
-            yield
 
     @staticmethod
     def _grads(loss: Tensor, targets: Sequence[Tensor], scale: float) -> list[Tensor]:

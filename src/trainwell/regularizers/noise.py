@@ -187,6 +187,14 @@ def _check_weights(weights: Tensor | None, outputs: Tensor, fn: str) -> Tensor |
     return weights.detach()
 
 
+def _check_outputs_inputs(outputs: Tensor, inputs: Tensor, fn: str) -> None:
+    """Shared checks of the Jacobian penalties: float outputs and inputs, inputs part of the graph."""
+    check_tensor("outputs", outputs, fn=fn, kind="float", min_ndim=1)
+    check_tensor("inputs", inputs, fn=fn, kind="float", min_ndim=1)
+    if not inputs.requires_grad:
+        fail(fn, "inputs", "a tensor with requires_grad=True that 'outputs' was computed from", inputs)
+
+
 def random_sign_gradient_penalty(
     outputs: Tensor,
     inputs: Tensor,
@@ -218,10 +226,7 @@ def random_sign_gradient_penalty(
     """
     fn = "random_sign_gradient_penalty"
     red = check_reduction(reduction, fn=fn)
-    check_tensor("outputs", outputs, fn=fn, kind="float", min_ndim=1)
-    check_tensor("inputs", inputs, fn=fn, kind="float", min_ndim=1)
-    if not inputs.requires_grad:
-        fail(fn, "inputs", "a tensor with requires_grad=True that 'outputs' was computed from", inputs)
+    _check_outputs_inputs(outputs, inputs, fn)
     w = _check_weights(weights, outputs, fn)
     if signs is None:
         p = check_int("n_projections", n_projections, fn=fn, min=1)
@@ -258,10 +263,7 @@ def jacobian_penalty(
     """
     fn = "jacobian_penalty"
     red = check_reduction(reduction, fn=fn)
-    check_tensor("outputs", outputs, fn=fn, kind="float", min_ndim=1)
-    check_tensor("inputs", inputs, fn=fn, kind="float", min_ndim=1)
-    if not inputs.requires_grad:
-        fail(fn, "inputs", "a tensor with requires_grad=True that 'outputs' was computed from", inputs)
+    _check_outputs_inputs(outputs, inputs, fn)
     w = _check_weights(weights, outputs, fn)
     f = outputs if w is None else outputs * w.sqrt()
     flat = f.reshape(f.shape[0], -1)

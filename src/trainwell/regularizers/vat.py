@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,13 +33,13 @@ from trainwell._validation import (
 )
 from trainwell.regularizers._common import (
     BackwardFn,
+    EmbeddingPerturbation,
     OutputHook,
     RngReplay,
     autocast_enabled,
     check_ddp_model,
     check_embedding,
     freeze_bn_stats,
-    perturbed_weight,
     resolve_backward,
     sync_context,
     unit,
@@ -215,7 +215,7 @@ def _split_output(out: Any, fn: str) -> tuple[Tensor | None, Tensor]:
     return loss, logits
 
 
-class VAT:
+class VAT(EmbeddingPerturbation):
     """Virtual adversarial training on an embedding, as a two-pass object (semi-supervised friendly).
 
     ``closure()`` runs the forward pass and returns the logits (unlabeled batch), a pair
@@ -293,11 +293,6 @@ class VAT:
         self.last_supervised_loss: Tensor | None = None
 
     # ------------------------------------------------------------------------------------------ passes
-    @property
-    def _weight(self) -> Tensor:
-        weight: Tensor = self.embedding.weight  # type: ignore[assignment]
-        return weight
-
     def _forward(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[
         Tensor | None, Tensor, list[Tensor]
     ]:
@@ -307,14 +302,6 @@ class VAT:
             return loss, logits, hook.outputs
         loss, logits = _split_output(closure(), fn)
         return loss, logits, [self._weight]
-
-    @contextlib.contextmanager
-    def _applied(self, deltas: Sequence[Tensor] | None) -> Iterator[None]:
-        if self.mode == "matrix" and deltas is not None:
-            with perturbed_weight(self._weight, deltas[0]):
-                yield
-        else:
-            yield
 
     def step(
         self,
