@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= dev,lab,hf
+EXTRAS ?= dev,lab,hf,lightning,ray
 
 .PHONY: test lab setup data bench lint typecheck clean help
 
