@@ -11,8 +11,15 @@ def tiny_bert(dropout: float = 0.0, seed: int = 0, eager: bool = False):
     from transformers import BertConfig, BertForSequenceClassification
 
     cfg = BertConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=C, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=C,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     if eager:
         cfg._attn_implementation = "eager"
@@ -37,8 +44,9 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6,
-                       rtol: float = 1e-5) -> None:
+def assert_grads_close(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6, rtol: float = 1e-5
+) -> None:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
     assert a, "no gradients"
     for n in a:

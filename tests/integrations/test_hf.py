@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from tests.integrations._tiny import assert_grads_close, collate, examples, grads, tiny_bert  # noqa: E402
+
 from trainwell.integrations import rdrop_model_loss  # noqa: E402
 from trainwell.integrations.hf import TrainwellTrainer, TrainwellTrainerMixin  # noqa: E402
 from trainwell.losses import ContrastiveGradCache, flooding, info_nce_loss  # noqa: E402
@@ -46,21 +47,48 @@ class Recording(TrainwellTrainer):
 
 def _args(tmp_path, batch: int, accum: int = 1, **kw):  # type: ignore[no-untyped-def]
     base = dict(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accum, learning_rate=1e-3, max_grad_norm=0.0, report_to=[],
-        save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0,
-        disable_tqdm=True, remove_unused_columns=False,
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        learning_rate=1e-3,
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
     )
     base.update(kw)
     return transformers.TrainingArguments(**base)
 
 
-def _train(model, make_technique, tmp_path, *, n=4, batch=4, accum=1, cls=Recording,  # type: ignore[no-untyped-def]
-           scaled_for_ga=None, **trainer_kw):
+def _train(
+    model,
+    make_technique,
+    tmp_path,
+    *,
+    n=4,
+    batch=4,
+    accum=1,
+    cls=Recording,  # type: ignore[no-untyped-def]
+    scaled_for_ga=None,
+    **trainer_kw,
+):
     grab = _Grab()
     tech = make_technique(model) if make_technique is not None else None
-    trainer = cls(model=model, args=_args(tmp_path, batch, accum, **trainer_kw.pop("args", {})),
-                  train_dataset=examples(n), data_collator=collate, callbacks=[grab], technique=tech, **trainer_kw)
+    trainer = cls(
+        model=model,
+        args=_args(tmp_path, batch, accum, **trainer_kw.pop("args", {})),
+        train_dataset=examples(n),
+        data_collator=collate,
+        callbacks=[grab],
+        technique=tech,
+        **trainer_kw,
+    )
     if scaled_for_ga is not None:
         trainer.loss_is_scaled_for_ga = scaled_for_ga
     trainer.train()
@@ -85,7 +113,9 @@ def _plain(ref, make_technique, seen, factor, loss_fn=None):  # type: ignore[no-
 
 TECHNIQUES = {
     "fgm_matrix": lambda m: FGM(m.get_input_embeddings(), epsilon=0.5),
-    "fgm_output_clean": lambda m: FGM(m.get_input_embeddings(), epsilon=0.5, mode="output", include_clean_loss=True),
+    "fgm_output_clean": lambda m: FGM(
+        m.get_input_embeddings(), epsilon=0.5, mode="output", include_clean_loss=True
+    ),
     "pgd": lambda m: PGD(m.get_input_embeddings(), epsilon=0.5, alpha=0.2, steps=2, mode="output"),
     "fast_gp": lambda m: FastGradientPenalty(m.get_input_embeddings(), epsilon=0.1),
     "param_gp": lambda m: ParameterGradientPenalty(m, beta=0.1, xi=1e-3),
@@ -142,8 +172,13 @@ def test_accumulation_follows_trainers_num_items_rule(tmp_path):
     # and plain Trainer (no technique) does the same with its own training_step
     plain_model = copy.deepcopy(ref)
     grab = _Grab()
-    t = transformers.Trainer(model=plain_model, args=_args(tmp_path, 2, 2), train_dataset=examples(4),
-                             data_collator=collate, callbacks=[grab])
+    t = transformers.Trainer(
+        model=plain_model,
+        args=_args(tmp_path, 2, 2),
+        train_dataset=examples(4),
+        data_collator=collate,
+        callbacks=[grab],
+    )
     t.train()
     assert_grads_close(grab.grads, _plain(copy.deepcopy(ref), None, trainer.seen, 1.0))
 
@@ -157,7 +192,7 @@ def test_accumulation_follows_trainers_num_items_rule(tmp_path):
     ids=["fgm_output", "fast_gp_per_sample"],
 )
 def test_two_micro_batches_equal_one_double_batch(make, tmp_path):
-    """Per-sample, scale-free directions and mean losses: 2 × 4 with GA = 2 equals one batch of 8 (no dropout)."""
+    """Per-sample scale-free directions, mean losses: 2 × 4 with GA = 2 equals one batch of 8 (no dropout)."""
     model = tiny_bert(dropout=0.0)
     ref = copy.deepcopy(model)
     _, accumulated = _train(model, make, tmp_path / "a", n=8, batch=4, accum=2, scaled_for_ga=False)
@@ -198,8 +233,9 @@ def test_soft_clipping(tmp_path):
     model = tiny_bert()
     ref = copy.deepcopy(model)
     gamma = 0.05
-    trainer, got = _train(model, TECHNIQUES["fgm_matrix"], tmp_path, clip_mode="soft",
-                          args={"max_grad_norm": gamma})
+    trainer, got = _train(
+        model, TECHNIQUES["fgm_matrix"], tmp_path, clip_mode="soft", args={"max_grad_norm": gamma}
+    )
     raw = _plain(ref, TECHNIQUES["fgm_matrix"], trainer.seen, 1.0)
     norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in raw.values()))
     assert norm > gamma
@@ -281,7 +317,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match=r"TrainwellTrainer\(\): argument 'technique'"):
         TrainwellTrainer(technique=object(), **kw)
     cache = ContrastiveGradCache(lambda x: x, info_nce_loss, chunk_size=2)
-    with pytest.raises(TypeError, match="ContrastiveGradCache.step takes the batch views"):
+    with pytest.raises(TypeError, match=r"ContrastiveGradCache\.step takes the batch views"):
         TrainwellTrainer(technique=cache, **kw)
     with pytest.raises(ValueError, match="argument 'rdrop_alpha'"):
         TrainwellTrainer(technique=VAT(model.get_input_embeddings()), rdrop_alpha=1.0, **kw)

@@ -19,7 +19,13 @@ from typing import Any
 
 from trainwell.integrations._common import rdrop_model_loss
 
-__all__ = ["ManualStep", "TrainwellLightningMixin", "TrainwellTrainer", "TrainwellTrainerMixin", "rdrop_model_loss"]
+__all__ = [
+    "ManualStep",
+    "TrainwellLightningMixin",
+    "TrainwellTrainer",
+    "TrainwellTrainerMixin",
+    "rdrop_model_loss",
+]
 
 _LAZY = {
     "TrainwellTrainer": "trainwell.integrations.hf",

@@ -1,4 +1,4 @@
-"""What the framework adapters share: technique checks, DDP wiring, the one-/multi-pass step, R-Drop on HF outputs.
+"""What the framework adapters share: technique checks, DDP wiring, the step, R-Drop on HF outputs.
 
 Private module. The adapters are thin: a framework decides *how* to backpropagate (``accelerator.backward``,
 ``LightningModule.manual_backward``), by what factor a micro-batch loss is scaled under gradient
@@ -8,10 +8,11 @@ the multi-pass step protocol ``technique.step(closure, backward=..., scaler=...)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainwell._validation import check_choice, check_finite_number, fail
 from trainwell.regularizers._common import call_closure
@@ -41,8 +42,8 @@ def check_technique(technique: Any, *, fn: str) -> Any:
             fn,
             "technique",
             "an object whose step(closure, backward=..., scaler=...) takes a closure (FGM, PGD, VAT, "
-            "FastGradientPenalty, ParameterGradientPenalty); ContrastiveGradCache.step takes the batch views, "
-            "call it from your own loop (see docs/integrations.md)",
+            "FastGradientPenalty, ParameterGradientPenalty); ContrastiveGradCache.step takes the batch "
+            "views: call it from your own loop (see docs/integrations.md)",
             technique,
             exc=TypeError,
         )
@@ -123,7 +124,7 @@ def rdrop_model_loss(
     *,
     labels_key: str = "labels",
 ) -> Tensor:
-    """R-Drop loss of a Hugging Face classifier on one batch: one forward on ``[x; x]``, eq. (7.1) of the paper.
+    """R-Drop loss of a Hugging Face classifier on one batch: one forward on ``[x; x]``, eq. (7.1).
 
     The labels are taken out of ``inputs`` (so the model computes no loss of its own), the other tensors are
     duplicated along dim 0 by :func:`trainwell.losses.rdrop_forward`, the ``.logits`` of the output are split
@@ -148,8 +149,17 @@ def rdrop_model_loss(
     if not isinstance(inputs, Mapping):
         fail(fn, "inputs", "a mapping of model inputs (a tokenizer/collator batch)", inputs, exc=TypeError)
     if labels_key not in inputs:
-        fail(fn, "inputs", f"a batch holding the class indices under {labels_key!r}", f"keys {sorted(inputs)}")
+        fail(
+            fn, "inputs", f"a batch holding the class indices under {labels_key!r}", f"keys {sorted(inputs)}"
+        )
     rest = {k: v for k, v in inputs.items() if k != labels_key}
+    if isinstance(model, nn.Module) and not model.training:
+        warnings.warn(
+            "rdrop_model_loss(): the model is in eval() mode, so both passes use the same (no) dropout and "
+            "the KL term is 0; call model.train() (Lightning keeps the mode a module had before fit())",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def logits_of(**kw: Any) -> Tensor:
         out = model(**kw)

@@ -146,8 +146,9 @@ class TrainwellTrainerMixin:
             loss = rdrop_model_loss(model, inputs, self.trainwell_rdrop_alpha)
             logits = None
         elif needs_logits(self.trainwell_technique):
-            loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+            loss, outputs = trainer.compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         else:
             nib = None if self.trainwell_flood_level is not None else num_items_in_batch
@@ -199,7 +200,10 @@ class TrainwellTrainerMixin:
 
             attach_ddp_model(self.trainwell_technique, model)
             loss = run_step(
-                self.trainwell_technique, closure, backward, getattr(accelerator, "scaler", None),
+                self.trainwell_technique,
+                closure,
+                backward,
+                getattr(accelerator, "scaler", None),
                 fn=f"{_FN}.training_step",
             )
             return (loss * factor).detach()

@@ -43,7 +43,7 @@ _FN = "ManualStep"
 
 
 class ManualStep:
-    """One manual-optimization step of a ``LightningModule`` with a trainwell technique, accumulation and clipping.
+    """One manual-optimization step of a ``LightningModule``: a trainwell technique, accumulation, clipping.
 
     Per call (one micro-batch, inside ``training_step``):
 
@@ -89,8 +89,11 @@ class ManualStep:
         assert k is not None
         self.accumulate_grad_batches: int = k
         self.gradient_clip_val: float | None = (
-            None if gradient_clip_val is None
-            else check_finite_number("gradient_clip_val", gradient_clip_val, fn=_FN, min=0.0, min_inclusive=False)
+            None
+            if gradient_clip_val is None
+            else check_finite_number(
+                "gradient_clip_val", gradient_clip_val, fn=_FN, min=0.0, min_inclusive=False
+            )
         )
         if not isinstance(clip_mode, str):
             fail(_FN, "clip_mode", "one of 'hard', 'soft'", clip_mode, exc=TypeError)
@@ -138,13 +141,24 @@ class ManualStep:
         if getattr(module, "automatic_optimization", False):
             fail(fn, "module", "a LightningModule with self.automatic_optimization = False", module)
         if not callable(closure):
-            fail(fn, "closure", "a callable running the forward pass and returning the loss", closure, exc=TypeError)
+            fail(
+                fn,
+                "closure",
+                "a callable running the forward pass and returning the loss",
+                closure,
+                exc=TypeError,
+            )
         idx = check_int("batch_idx", batch_idx, fn=fn, min=0)
         assert idx is not None
         opt = optimizer if optimizer is not None else module.optimizers()
         if isinstance(opt, (list, tuple)):
-            fail(fn, "optimizer", "the optimizer to step (configure_optimizers returned several)",
-                 f"{len(opt)} optimizers", exc=TypeError)
+            fail(
+                fn,
+                "optimizer",
+                "the optimizer to step (configure_optimizers returned several)",
+                f"{len(opt)} optimizers",
+                exc=TypeError,
+            )
         trainer = module.trainer
         strategy = getattr(trainer, "strategy", None)
         k = self.accumulate_grad_batches
@@ -183,7 +197,7 @@ class ManualStep:
 
 
 class TrainwellLightningMixin:
-    """``LightningModule`` mixin: manual optimization through :class:`ManualStep`; you write ``trainwell_loss``.
+    """``LightningModule`` mixin: manual optimization through :class:`ManualStep`; you write the loss.
 
     Put it first in the bases and assign ``self.trainwell = ManualStep(...)`` in ``__init__``::
 
@@ -191,7 +205,8 @@ class TrainwellLightningMixin:
             def __init__(self, model):
                 super().__init__()
                 self.model = model
-                self.trainwell = ManualStep(accumulate_grad_batches=2, gradient_clip_val=1.0, clip_mode="soft")
+                self.trainwell = ManualStep(accumulate_grad_batches=2, gradient_clip_val=1.0,
+                                            clip_mode="soft")
 
             def trainwell_loss(self, batch):
                 return rdrop_model_loss(self.model, batch, alpha=4.0)
@@ -213,7 +228,12 @@ class TrainwellLightningMixin:
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
         if value:
-            fail("TrainwellLightningMixin", "automatic_optimization", "False (the mixin optimizes manually)", value)
+            fail(
+                "TrainwellLightningMixin",
+                "automatic_optimization",
+                "False (the mixin optimizes manually)",
+                value,
+            )
 
     def trainwell_loss(self, batch: Any) -> Any:
         """One forward pass on ``batch``: the scalar loss (``(loss, logits)`` or the model output for VAT)."""
@@ -222,7 +242,13 @@ class TrainwellLightningMixin:
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = getattr(self, "trainwell", None)
         if not isinstance(step, ManualStep):
-            fail("TrainwellLightningMixin", "trainwell", "a ManualStep assigned in __init__", step, exc=TypeError)
+            fail(
+                "TrainwellLightningMixin",
+                "trainwell",
+                "a ManualStep assigned in __init__",
+                step,
+                exc=TypeError,
+            )
         module: Any = self
         sched = module.lr_schedulers()
         sched = sched if sched is not None and not isinstance(sched, list) else None
