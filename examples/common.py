@@ -75,7 +75,8 @@ def example_args(description: str, **defaults: Any) -> argparse.Namespace:
     args = parser.parse_args(defaults.get("argv"))
     if args.tiny:
         args.train_size, args.max_length, args.batch_size = 32, 32, 8
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
     return args
 
 

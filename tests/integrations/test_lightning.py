@@ -197,3 +197,22 @@ def test_bad_arguments():
 
     with pytest.raises(ValueError, match="automatic_optimization = False"):
         step(Auto(), lambda: torch.zeros(()), 0)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_clipping_scaled_gradients_equals_clipping_unscaled(mode):
+    """Under fp16 Lightning unscales inside optimizer.step(): clipping S·g at γ·S is clipping g at γ."""
+    torch.manual_seed(0)
+    g = [torch.randn(5, 3, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
+    scale = 2.0**10
+    params = [torch.nn.Parameter(torch.zeros_like(t)) for t in g]
+    for p, t in zip(params, g):
+        p.grad = t * scale
+    opt = torch.optim.SGD(params, lr=0.1)
+    step = ManualStep(gradient_clip_val=0.5, clip_mode=mode)
+    norm = step._clip(opt, torch.amp.GradScaler("cpu", init_scale=scale))
+    total = math.sqrt(sum(float(t.pow(2).sum()) for t in g))
+    assert math.isclose(float(norm), total, rel_tol=1e-12)
+    coef = 0.5 / (total + 0.5) if mode == "soft" else min(1.0, 0.5 / (total + 1e-6))
+    for p, t in zip(params, g):
+        torch.testing.assert_close(p.grad / scale, t * coef, rtol=1e-6, atol=1e-12)

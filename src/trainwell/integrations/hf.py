@@ -142,18 +142,16 @@ class TrainwellTrainerMixin:
         flooding. Override it to change the loss while keeping the step protocol.
         """
         trainer: Any = self
+        # flooding acts on the micro-batch mean: the model must not normalise by the accumulated item count
+        nib = None if self.trainwell_flood_level is not None else num_items_in_batch
+        logits = None
         if self.trainwell_rdrop_alpha is not None:
             loss = rdrop_model_loss(model, inputs, self.trainwell_rdrop_alpha)
-            logits = None
         elif needs_logits(self.trainwell_technique):
-            loss, outputs = trainer.compute_loss(
-                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-            )
+            loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=nib)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         else:
-            nib = None if self.trainwell_flood_level is not None else num_items_in_batch
             loss = trainer.compute_loss(model, inputs, num_items_in_batch=nib)
-            logits = None
         if getattr(trainer.args, "n_gpu", 1) > 1:
             loss = loss.mean()  # DataParallel returns one loss per device
         if self.trainwell_flood_level is not None:
