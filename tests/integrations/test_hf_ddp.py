@@ -54,6 +54,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             if not getattr(self, "_hooked", False):
                 model.register_comm_hook(None, counting_allreduce)
                 self._hooked = True
+            self.seen = {k: v.clone() for k, v in inputs.items()}
             return super().training_step(model, inputs, num_items_in_batch)
 
     class Grab(transformers.TrainerCallback):
@@ -61,6 +62,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             self.grads = {k.removeprefix("module."): v for k, v in grads(model).items()}
 
     model = tiny_bert()
+    # a classifier's loss is a batch mean: without this Trainer multiplies it by the world size
+    # (average_tokens_across_devices) believing the model divided it by the global item count
+    model.accepts_loss_kwargs = False
     fgm = _technique(model)
     grab = Grab()
     args = transformers.TrainingArguments(
@@ -94,6 +98,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             "calls": calls[0],
             "attached": isinstance(fgm.ddp_model, torch.nn.parallel.DistributedDataParallel),
             "world": trainer.args.world_size,
+            "seen": trainer.seen,
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
@@ -121,6 +126,8 @@ def test_trainer_ddp_matches_single_process_union_batch(tmp_path, monkeypatch):
     model = tiny_bert()
     model.train()
     batch = collate(examples(8))
+    seen = torch.cat([r["seen"]["input_ids"] for r in ranks])
+    assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, batch["input_ids"].tolist()))
     _technique(model).step(lambda: model(**batch).loss)
     want = grads(model)
     for r in ranks:

@@ -78,8 +78,9 @@ class TrainwellTrainerMixin:
     ``k``. R-Drop and flooding work on the micro-batch *mean* loss, so with them ``num_items_in_batch`` is not
     passed to the model and the loss is always divided by ``k``. Note: Trainer decides that a model whose
     ``forward`` takes ``**kwargs`` (e.g. ``BertForSequenceClassification``) normalises its loss by
-    ``num_items_in_batch``; a classifier's mean cross-entropy does not, so with ``gradient_accumulation_steps
-    > 1`` set ``trainer.loss_is_scaled_for_ga = False`` to get the mean over the accumulated batch.
+    ``num_items_in_batch`` (and under DDP multiplies it by the world size); a classifier's mean cross-entropy
+    does not, so set ``model.accepts_loss_kwargs = False`` before building the Trainer to get the mean over
+    the accumulated, global batch.
     """
 
     trainwell_technique: Any
