@@ -21,7 +21,7 @@ from common import TOPICS, accuracy, classifier, encode, example_args, load_bbc_
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = example_args(__doc__.splitlines()[0], argv=argv, lr=5e-5, epochs=1.0)
+    args = example_args(__doc__.splitlines()[0], argv=argv, lr=1e-4, epochs=1.0)
     import torch
     from transformers import TrainingArguments
 
