@@ -60,9 +60,9 @@ def test_grouping_12_to_3_and_divisibility_error() -> None:
     assert t.groups() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     blocks = t.blocks_for([False, True, False])
     assert blocks == [pred[0], pred[1], pred[2], pred[3], t.successor[1], pred[8], pred[9], pred[10], pred[11]]
-    with pytest.raises(ValueError, match="divisible.*n_p=12 and n_s=5"):
+    with pytest.raises(ValueError, match=r"divisible.*n_p=12 and n_s=5"):
         TheseusModuleList(pred, nn.ModuleList([Block() for _ in range(5)]), ConstantReplacement())
-    with pytest.raises(ValueError, match="n_successor"):
+    with pytest.raises(ValueError, match=r"n_successor"):
         compress(Toy(12), layers="encoder.layer", n_successor=5)
 
 
@@ -160,9 +160,9 @@ def test_schedulers() -> None:
         const.step()
     assert vals == [0.5] * 10 + [1.0, 1.0]
     assert ConstantReplacement(0.4).value(10**6) == 0.4
-    with pytest.raises(ValueError, match="ConstantReplacement.*'p'"):
+    with pytest.raises(ValueError, match=r"ConstantReplacement.*'p'"):
         ConstantReplacement(1.5)
-    with pytest.raises(ValueError, match="LinearReplacement.*'k'"):
+    with pytest.raises(ValueError, match=r"LinearReplacement.*'k'"):
         LinearReplacement(0.3, -1.0)
 
 
@@ -176,13 +176,13 @@ def test_init_choices_and_bad_inputs() -> None:
     t = compress(copy.deepcopy(model), layers="encoder.layer", n_successor=3, init="first")
     for i in range(3):
         assert torch.equal(t.successor[i].lin.weight, blocks[i].lin.weight)
-    with pytest.raises(ValueError, match="'layers' names no submodule"):
+    with pytest.raises(ValueError, match=r"'layers' names no submodule"):
         compress(copy.deepcopy(model), layers="bert.encoder.layer", n_successor=3)
-    with pytest.raises(TypeError, match="'layers'.*ModuleList"):
+    with pytest.raises(TypeError, match=r"'layers'.*ModuleList"):
         compress(copy.deepcopy(model), layers="head", n_successor=1)
-    with pytest.raises(ValueError, match="'init'"):
+    with pytest.raises(ValueError, match=r"'init'"):
         compress(copy.deepcopy(model), layers="encoder.layer", n_successor=3, init="last")
-    with pytest.raises(ValueError, match="export_successor.*compress"):
+    with pytest.raises(ValueError, match=r"export_successor.*compress"):
         export_successor(model)
 
 

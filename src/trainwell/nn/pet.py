@@ -58,18 +58,40 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single sequence (e.g. [CLS] / [SEP]).
+
+    Read off ``encode(mask_token)`` with and without special tokens, so it works for any tokenizer
+    (BERT, RoBERTa, ...) without tokenizer-specific methods.
+    """
+    cached = getattr(tokenizer, "_trainwell_pet_frame", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    probe = str(tokenizer.mask_token)
+    raw = list(tokenizer.encode(probe, add_special_tokens=False))
+    full = list(tokenizer.encode(probe, add_special_tokens=True))
+    for i in range(len(full) - len(raw) + 1):
+        if full[i : i + len(raw)] == raw:
+            frame = (full[:i], full[i + len(raw) :])
+            break
+    else:  # pragma: no cover - a tokenizer whose special tokens rewrite the text
+        frame = ([], [])
+    try:
+        tokenizer._trainwell_pet_frame = frame
+    except (AttributeError, TypeError):  # pragma: no cover - a frozen tokenizer object
+        pass
+    return frame
+
+
 def _wrap_special(tokenizer: Any, ids: list[int]) -> tuple[list[int], int]:
     """Add the tokenizer's special tokens around ``ids``; return them and the offset of ``ids[0]``."""
-    full = list(tokenizer.build_inputs_with_special_tokens(ids))
-    special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=False)
-    offset = 0
-    while offset < len(special) and special[offset] == 1:
-        offset += 1
-    return full, offset
+    head, tail = _special_frame(tokenizer)
+    return head + ids + tail, len(head)
 
 
 def _n_special(tokenizer: Any) -> int:
-    return len(tokenizer.build_inputs_with_special_tokens([]))
+    head, tail = _special_frame(tokenizer)
+    return len(head) + len(tail)
 
 
 class Pattern:
@@ -283,6 +305,8 @@ class PETCollator:
         self.n_masks = len(self.word_ids[0][0])
         self.vocab_size = len(tokenizer)
         self.generator = generator
+        # never randomly masked: [CLS], [SEP], padding, [UNK], ... (the slot is excluded separately)
+        self.special_ids = torch.tensor(sorted(set(getattr(tokenizer, "all_special_ids", [])) | {self.pad_id}))
 
     def _example(self, ex: Any) -> tuple[str, Any]:
         if isinstance(ex, Mapping):
@@ -320,13 +344,11 @@ class PETCollator:
         input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), T), dtype=torch.long)
         labels = torch.full((len(rows), T), -100, dtype=torch.long)
-        special = torch.ones((len(rows), T), dtype=torch.bool)
         for i, (r, lab) in enumerate(zip(rows, targets)):
             input_ids[i, : len(r)] = torch.tensor(r)
             attention[i, : len(r)] = 1
             labels[i, : len(r)] = torch.tensor(lab)
-            sm = self.tokenizer.get_special_tokens_mask(r, already_has_special_tokens=True)
-            special[i, : len(r)] = torch.tensor(sm, dtype=torch.bool)
+        special = torch.isin(input_ids, self.special_ids)
         slot_mask = torch.zeros_like(special)
         for i, pos in enumerate(slots):
             slot_mask[i, pos] = True
