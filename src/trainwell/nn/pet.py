@@ -167,7 +167,7 @@ class Verbalizer:
         words: ``{label: word}`` or ``{label: [word, ...]}``; labels in insertion order are the classes.
     """
 
-    def __init__(self, words: Mapping[Hashable, str | Sequence[str]]) -> None:
+    def __init__(self, words: Mapping[Any, str | Sequence[str]]) -> None:
         fn = "Verbalizer"
         if not isinstance(words, Mapping) or not words:
             fail(fn, "words", "a non-empty mapping {label: word or [words]}", words, exc=TypeError)

