@@ -307,3 +307,15 @@ def test_zero_shot_from_mlm_pretraining_only(tok) -> None:
     pred = clf.predict([t for t, _ in test])
     acc = sum(int(p == y) for p, (_, y) in zip(pred, test)) / len(test)
     assert acc > 0.9
+
+
+def test_other_masked_lm_architecture(tok) -> None:
+    """Any ``*ForMaskedLM`` works: DistilBERT, scored against the manual log-prob sum."""
+    torch.manual_seed(5)
+    cfg = transformers.DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=1, n_heads=4, hidden_dim=64,
+                                        max_position_embeddings=64, dropout=0.0, attention_dropout=0.0)
+    model = transformers.DistilBertForMaskedLM(cfg).eval()
+    pattern, words = Pattern("[MASK]满意。{text}"), {1: "很", 0: "不"}
+    got = PETClassifier(model, tok, pattern, Verbalizer(words)).score(["服务很好", "价格太贵了"])
+    torch.testing.assert_close(got.double(), _manual_scores(model, tok, pattern, words, ["服务很好", "价格太贵了"]),
+                               rtol=1e-5, atol=1e-5)
