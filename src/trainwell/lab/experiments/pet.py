@@ -32,6 +32,16 @@ Both trained methods: AdamW, the same learning rate, batch size and epoch count,
 Modes: tiny (seconds, proves the pipeline); quick (64-wide MLM pretrained 800 steps on 32-character
 texts, 12 epochs at lr 1e-3, 300 dev reviews for the epoch choice, 3 seeds); full (128-wide MLM
 pretrained 6,000 steps on 64 characters, 30 epochs at lr 2e-4, 5 seeds).
+
+Quick run (seeds 1234-1236, test accuracy, mean ± std; shared machine, 337 s wall with the MLM read
+from the cache): PET zero-shot 52.02 ± 0.00 (exactly the majority-class rate: the pattern alone
+always answers the same word), PET few-shot 52.11 ± 1.00, fine-tune 56.81 ± 2.11; paired PET
+few-shot − fine-tune −4.69 ± 1.48 (SE; per seed −4.15, −7.49, −2.45). The claim does **not** hold
+here, and the reason is the MLM: 800 steps bring its loss only from 6.77 to 5.59 nats (uniform 7.62),
+about a unigram model, so its slot predictions ignore the review and 200 labels cannot teach the
+cloze; fine-tuning's fresh head learns a little more from the same labels. The quick MLM is too weak
+for the zero-shot claim and for the few-shot one; the post's numbers need a pretrained MLM of BERT
+quality, which the full mode approaches only partly.
 """
 
 from __future__ import annotations
