@@ -60,6 +60,7 @@ def test_grouping_12_to_3_and_divisibility_error() -> None:
     assert t.groups() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     blocks = t.blocks_for([False, True, False])
     assert blocks == [pred[0], pred[1], pred[2], pred[3], t.successor[1], pred[8], pred[9], pred[10], pred[11]]
+    assert len(t) == 3 and t[2] is t.successor[2]  # len and indexing follow the exported model
     with pytest.raises(ValueError, match=r"divisible.*n_p=12 and n_s=5"):
         TheseusModuleList(pred, nn.ModuleList([Block() for _ in range(5)]), ConstantReplacement())
     with pytest.raises(ValueError, match=r"n_successor"):

@@ -259,6 +259,10 @@ class TheseusModuleList(nn.Module):
         # the number of blocks the exported model has (training forwards may run more)
         return len(self.successor)
 
+    def __getitem__(self, idx: int) -> nn.Module:
+        """Successor block ``idx`` (indexing follows the exported model, like ``len``)."""
+        return self.successor[idx]  # type: ignore[no-any-return]
+
     def forward(self, hidden: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         for block in self:
             hidden = self.call(block, hidden, *args, **kwargs)
