@@ -11,7 +11,6 @@ K = 1; the official code uses ε = 8 for images).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,9 +33,9 @@ from trainwell._validation import (
 from trainwell.regularizers._common import (
     BackwardFn,
     EmbeddingPerturbation,
-    OutputHook,
     RngReplay,
     autocast_enabled,
+    autocast_off,
     check_ddp_model,
     check_embedding,
     freeze_bn_stats,
@@ -67,15 +66,20 @@ def _warn_vanished(xi: float) -> None:
     )
 
 
+def _warn_unused_calls(calls: int, unused: Sequence[int]) -> None:
+    warnings.warn(
+        f"VAT.step: closure() called the embedding {calls} times, but the logits it returns do not depend "
+        f"on call(s) {list(unused)}; those calls get no perturbation (VAT perturbs what the logits see). "
+        "Return the loss and the logits of the same forward, e.g. out = model(x); return loss_fn(out, y), "
+        "out — a second forward only for the loss doubles the work.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _vanished(base: Tensor, delta: Tensor) -> bool:
     base = base.detach()
     return not bool((base + delta.detach().to(base.dtype) != base).any())
-
-
-def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    if autocast_enabled(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def vat_perturbation(
@@ -126,7 +130,7 @@ def vat_perturbation(
         target = logits.detach()
         d = torch.randn(x.shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype,
                         device=x.device, generator=generator)
-        with _no_autocast(x.device.type), torch.enable_grad():
+        with autocast_off(x.device.type), torch.enable_grad():
             for _ in range(k):
                 d = (xi_v * unit(d, per_sample)).requires_grad_(True)
                 if _vanished(x, d):
@@ -296,12 +300,8 @@ class VAT(EmbeddingPerturbation):
     def _forward(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[
         Tensor | None, Tensor, list[Tensor]
     ]:
-        if self.mode == "output":
-            with OutputHook(self.embedding, fn=fn, deltas=deltas) as hook:
-                loss, logits = _split_output(closure(), fn)
-            return loss, logits, hook.outputs
-        loss, logits = _split_output(closure(), fn)
-        return loss, logits, [self._weight]
+        (loss, logits), targets = self._run(lambda: _split_output(closure(), fn), fn, deltas)
+        return loss, logits, targets
 
     def step(
         self,
@@ -329,7 +329,7 @@ class VAT(EmbeddingPerturbation):
         half = autocast_enabled(device_type)
         ref = logits.detach()
         per_sample = self.norm == "per_sample"
-        with sync_context(self.ddp_model, sync=False), freeze_bn_stats(), _no_autocast(device_type):
+        with sync_context(self.ddp_model, sync=False), freeze_bn_stats(), autocast_off(device_type):
             if half and self.power_iterations > 0:
                 # the clean logits are half precision: compare like with like inside the iteration
                 rng.replay()
@@ -338,9 +338,11 @@ class VAT(EmbeddingPerturbation):
             ds = [torch.randn(t.shape, dtype=torch.float32 if t.dtype != torch.float64 else t.dtype,
                               device=t.device) for t in targets]
             rng.mark_resume()
+            unused: list[int] | None = None
             for _ in range(self.power_iterations):
                 ds = [self.xi * unit(d, per_sample) for d in ds]
-                if any(_vanished(t, d) for t, d in zip(targets, ds)):
+                # calls whose output never reaches the logits keep d = 0 (already reported)
+                if any(_vanished(t, d) for i, (t, d) in enumerate(zip(targets, ds)) if i not in (unused or ())):
                     _warn_vanished(self.xi)
                 if self.mode == "output":
                     ds = [d.requires_grad_(True) for d in ds]
@@ -349,6 +351,10 @@ class VAT(EmbeddingPerturbation):
                     _, lg, tg = self._forward(closure, fn, ds)
                     div = _kl_rows(ref, lg).mean()
                     gs = torch.autograd.grad(div, ds if self.mode == "output" else tg, allow_unused=True)
+                if self.mode == "output" and unused is None:
+                    unused = [i for i, g in enumerate(gs) if g is None]
+                    if unused:
+                        _warn_unused_calls(len(gs), unused)
                 ds = [torch.zeros_like(d) if g is None else g.detach().to(d.dtype) / self.xi for g, d in zip(gs, ds)]
         r_adv = [self.epsilon * unit(d.detach(), per_sample) for d in ds]
         if self.replay_rng:
