@@ -25,7 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["BackwardFn", "MultiPassStep"]
+from trainwell._validation import check_callable, fail
+
+__all__ = ["BackwardFn", "MultiPassStep", "grad_scale", "resolve_backward"]
 
 BackwardFn = Callable[[Tensor], Any]
 
@@ -43,3 +45,26 @@ class MultiPassStep(Protocol):
     ) -> Tensor:
         """Run the passes; fill ``.grad``; return the detached loss."""
         ...
+
+
+def resolve_backward(backward: Any, scaler: Any, *, fn: str) -> BackwardFn:
+    """The callable used for every backward that must fill ``.grad``.
+
+    ``backward`` wins when given; otherwise ``scaler.scale(loss).backward()`` when a GradScaler is given;
+    otherwise ``loss.backward()``.
+    """
+    check_callable("backward", backward, fn=fn, allow_none=True)
+    if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "get_scale")):
+        fail(fn, "scaler", "a torch.amp.GradScaler or None", scaler, exc=TypeError)
+    if backward is not None:
+        return backward  # type: ignore[no-any-return]
+    if scaler is not None:
+        return lambda loss: scaler.scale(loss).backward()
+    return lambda loss: loss.backward()
+
+
+def grad_scale(scaler: Any) -> float:
+    """The factor the loss is multiplied by before ``autograd.grad`` (so fp16 gradients do not underflow)."""
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return float(scaler.get_scale())

@@ -13,7 +13,7 @@ function (:func:`tracing`) — the eager call has already validated the same cod
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, NoReturn
 
@@ -65,16 +65,35 @@ def fail(fn: str | None, name: str, expected: str, got: Any, *, exc: type[Except
     raise exc(f"{_where(fn)}argument '{name}' must be {expected}, got {_describe(got)}")
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, depth: int = 0) -> str:
+    """A short description of ``value``: type, keys, length, shape, dtype — never its contents."""
     if isinstance(value, Tensor):
         return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
     if isinstance(value, (bool, int, float)) or value is None:
         return repr(value)
     if isinstance(value, nn.Module):
         return f"{type(value).__name__} module"
-    return f"{type(value).__name__} {value!r}"[:200]
+    name = type(value).__name__
+    if isinstance(value, Mapping):
+        keys = list(value.keys())
+        if depth > 0:
+            return f"{name} with {len(keys)} keys"
+        shown = ", ".join(f"{k!r}: {_describe(value[k], depth + 1)}" for k in keys[:6])
+        more = f", ... ({len(keys)} keys)" if len(keys) > 6 else ""
+        return f"{name}({shown}{more})"
+    if isinstance(value, (list, tuple)):
+        if depth > 0:
+            return f"{name} of length {len(value)}"
+        shown = ", ".join(_describe(v, depth + 1) for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"{name} of length {len(value)} [{shown}{more}]"
+    if isinstance(value, Real):
+        return f"{name} {float(value)!r}"
+    if callable(value):
+        return f"{name} {getattr(value, '__qualname__', name)}"
+    return name
 
 
 # --------------------------------------------------------------------------------------------- scalars

@@ -239,8 +239,11 @@ def rdrop_forward(model: Callable[..., Any], *inputs: Tensor, **kwargs: Any) -> 
 
     One forward gives two independent dropout masks per example (the official fairseq criterion
     does this); the model must be in ``train()`` mode. Tensor ``inputs`` and tensor ``kwargs`` are
-    duplicated; the output may be a tensor or a tuple/list/dict of tensors (each is split), or an
-    object with a ``logits`` attribute (Hugging Face outputs). BatchNorm in train mode sees every
+    duplicated (``labels=`` too, so a Hugging Face model computes its loss on the doubled batch). An
+    output with a tensor ``logits`` attribute (a Hugging Face ``ModelOutput``, with or without a
+    ``loss``) gives the two halves of its logits, ready for :func:`rdrop_loss`; otherwise the output
+    may be a tensor or a tuple/list/dict of tensors (each is split; other entries are returned on
+    both sides). BatchNorm in train mode sees every
     example twice — acceptable, but its statistics are those of the doubled batch.
 
     Source: kexue.fm/archives/8496; arXiv:2106.14448.
@@ -258,6 +261,11 @@ def rdrop_forward(model: Callable[..., Any], *inputs: Tensor, **kwargs: Any) -> 
 
 
 def _split(out: Any, fn: str) -> tuple[Any, Any]:
+    # an output with .logits first: Hugging Face ModelOutput is a dict subclass, and its scalar
+    # 'loss' entry (when labels= is given) cannot be split
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor) and not isinstance(out, Tensor):
+        return _split(logits, fn)
     if isinstance(out, Tensor):
         if out.shape[0] % 2:
             fail(fn, "model output", "a tensor with an even leading dim (the doubled batch)", out)
@@ -269,7 +277,4 @@ def _split(out: Any, fn: str) -> tuple[Any, Any]:
     if isinstance(out, dict):
         parts_d = {k: (_split(v, fn) if isinstance(v, Tensor) else (v, v)) for k, v in out.items()}
         return {k: v[0] for k, v in parts_d.items()}, {k: v[1] for k, v in parts_d.items()}
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, Tensor):
-        return _split(logits, fn)
     fail(fn, "model output", "a tensor, a tuple/list/dict of tensors or an object with .logits", out, exc=TypeError)

@@ -170,7 +170,7 @@ class AMSoftmax(nn.Module):
         fn = "AMSoftmax"
         cos = self.cosine(embeddings)
         check_shape_prefix("embeddings", embeddings, "target", target, fn=fn)
-        check_tensor("target", target, fn=fn, kind="int")
+        check_labels("target", target, self.num_classes, fn=fn)
         assert self.scale is not None and self.margin is not None and self.label_smoothing is not None
         return _am_core(cos, target, self.scale, self.margin, self.psi, self.label_smoothing, self.reduction)
 

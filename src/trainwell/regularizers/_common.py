@@ -20,8 +20,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainwell._hooks import OutputHook
 from trainwell._ops import RngReplay, autocast_enabled, autocast_off
-from trainwell._step import BackwardFn, MultiPassStep
-from trainwell._validation import check_bool, check_callable, check_choice, check_finite_number, check_module, fail
+from trainwell._step import BackwardFn, MultiPassStep, grad_scale, resolve_backward
+from trainwell._validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_finite_number,
+    check_module,
+    fail,
+)
 
 # OutputHook (trainwell._hooks), RngReplay / autocast_enabled / autocast_off (trainwell._ops) and
 # BackwardFn / MultiPassStep (trainwell._step) live in their shared homes; re-exported here so that
@@ -86,29 +93,6 @@ def sync_context(ddp_model: Any, sync: bool) -> contextlib.AbstractContextManage
     if ddp_model is None or sync:
         return contextlib.nullcontext()
     return ddp_model.no_sync()  # type: ignore[no-any-return]
-
-
-def resolve_backward(backward: Any, scaler: Any, *, fn: str) -> BackwardFn:
-    """The callable used for every backward that must fill ``.grad``.
-
-    ``backward`` wins when given; otherwise ``scaler.scale(loss).backward()`` when a GradScaler is given;
-    otherwise ``loss.backward()``.
-    """
-    check_callable("backward", backward, fn=fn, allow_none=True)
-    if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "get_scale")):
-        fail(fn, "scaler", "a torch.amp.GradScaler or None", scaler, exc=TypeError)
-    if backward is not None:
-        return backward  # type: ignore[no-any-return]
-    if scaler is not None:
-        return lambda loss: scaler.scale(loss).backward()
-    return lambda loss: loss.backward()
-
-
-def grad_scale(scaler: Any) -> float:
-    """The factor the loss is multiplied by before ``autograd.grad`` (so fp16 gradients do not underflow)."""
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return float(scaler.get_scale())
 
 
 def call_closure(closure: Callable[[], Any], *, fn: str) -> Tensor:

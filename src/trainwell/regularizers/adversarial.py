@@ -15,7 +15,7 @@ arXiv 1605.07725 (perturbing embeddings).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch

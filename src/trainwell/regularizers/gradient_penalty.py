@@ -101,7 +101,7 @@ def _check_twice_differentiable(grads: Sequence[Tensor | None], fn: str) -> None
     the failure would otherwise surface later, in the user's ``backward``, as a raw autograd error
     (fused SDPA attention is the usual culprit: Hugging Face models use it by default).
     """
-    stack = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
+    stack: list[Any] = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
     seen: set[int] = set()
     while stack:
         node = stack.pop()
