@@ -55,3 +55,39 @@ def test_log1p_sum_exp_extreme_inputs_finite() -> None:
 def test_log1p_sum_exp_gradcheck() -> None:
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(log1p_sum_exp, (x,))
+
+
+def test_rng_replay_replays_and_restores() -> None:
+    from trainwell._ops import RngReplay
+
+    torch.manual_seed(0)
+    snap = RngReplay()
+    a = torch.rand(3)
+    with snap.replayed():
+        b = torch.rand(3)
+    c = torch.rand(3)
+    assert torch.equal(a, b)  # the block drew the snapshot's numbers
+    torch.manual_seed(0)
+    torch.rand(3)
+    assert torch.equal(c, torch.rand(3))  # and the outer stream went on undisturbed
+    snap.replay()
+    assert torch.equal(torch.rand(3), a)
+    off = RngReplay(False)
+    with off.replayed():
+        off.replay()  # no-ops
+
+
+def test_autocast_off_and_compute_dtype() -> None:
+    from trainwell._ops import autocast_enabled, autocast_off, compute_dtype
+
+    x = torch.randn(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_enabled("cpu")
+        assert (x @ x).dtype == torch.bfloat16
+        with autocast_off("cpu"):
+            assert not autocast_enabled("cpu")
+            assert (x @ x).dtype == torch.float32
+    with autocast_off("cpu"):  # a no-op outside autocast
+        pass
+    assert compute_dtype(x.half(), None) == torch.float32
+    assert compute_dtype(x, x.double()) == torch.float64

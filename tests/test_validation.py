@@ -106,3 +106,31 @@ def test_value_checks_skipped_under_compile() -> None:
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(torch.tensor([0, 1, 2])), torch.tensor([0, 2, 4]))
+
+
+def test_describe_containers_by_type_keys_shape_only() -> None:
+    """Regression (issue 9): error messages printed whole tensors/dicts."""
+    from collections import OrderedDict
+
+    from trainwell._validation import _describe
+
+    big = OrderedDict((f"k{i}", torch.randn(50, 50)) for i in range(10))
+    text = _describe(big)
+    assert "OrderedDict(" in text and "'k0': Tensor(shape=(50, 50)" in text and "10 keys" in text
+    assert len(text) < 500
+    lst = _describe([torch.zeros(3), {"a": 1}, [1, 2, 3], 4, 5])
+    assert lst.startswith("list of length 5") and "dict with 1 keys" in lst and "list of length 3" in lst
+    assert len(_describe("x" * 1000)) < 80
+    assert _describe(object()) == "object"
+
+
+def test_fail_message_stays_short_for_a_model_output() -> None:
+    from trainwell._validation import fail
+
+    class Output(dict):  # what Hugging Face ModelOutput looks like to isinstance checks
+        pass
+
+    with pytest.raises(TypeError) as err:
+        fail("f", "x", "a tensor", Output(logits=torch.randn(64, 1000), loss=torch.tensor(1.0)), exc=TypeError)
+    msg = str(err.value)
+    assert "Output('logits': Tensor(shape=(64, 1000)" in msg and len(msg) < 300
