@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_last_dim",
+    "check_leading_dims",
     "check_module",
     "check_ndim",
     "check_number",
@@ -99,6 +100,30 @@ def _describe(value: Any, depth: int = 0) -> str:
 # --------------------------------------------------------------------------------------------- scalars
 
 
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: float | None = ...,
+    max: float | None = ...,
+    min_inclusive: bool = ...,
+    max_inclusive: bool = ...,
+    allow_none: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: float | None = ...,
+    max: float | None = ...,
+    min_inclusive: bool = ...,
+    max_inclusive: bool = ...,
+    allow_none: bool,
+) -> float | None: ...
 def check_number(
     name: str,
     value: Any,
@@ -129,12 +154,27 @@ def check_number(
 
 def check_finite_number(name: str, value: Any, *, fn: str | None = None, **kw: Any) -> float:
     v = check_number(name, value, fn=fn, **kw)
-    assert v is not None
+    if v is None:  # allow_none=True passed through **kw
+        return v  # type: ignore[return-value]
     if not math.isfinite(v):
         fail(fn, name, "a finite number", value)
     return v
 
 
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: int | None = ...,
+    max: int | None = ...,
+    allow_none: Literal[False] = ...,
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: Any, *, fn: str | None = ..., min: int | None = ..., max: int | None = ..., allow_none: bool
+) -> int | None: ...
 def check_int(
     name: str,
     value: Any,
@@ -253,6 +293,15 @@ def check_shape_prefix(name_a: str, a: Tensor, name_b: str, b: Tensor, *, fn: st
         raise ValueError(
             f"{_where(fn)}argument '{name_b}' must have shape {tuple(a.shape[:-1])} "
             f"(the leading dims of '{name_a}' {tuple(a.shape)}), got {tuple(b.shape)}"
+        )
+
+
+def check_leading_dims(name_a: str, a: Tensor, name_b: str, b: Tensor, dims: int, *, fn: str | None = None) -> None:
+    """``b`` must share ``a``'s leading dims, i.e. ``b.shape[:-dims] == a.shape[:-dims]`` (``dims`` ≥ 1 trailing)."""
+    if a.dim() < dims or b.dim() < dims or tuple(a.shape[:-dims]) != tuple(b.shape[:-dims]):
+        raise ValueError(
+            f"{_where(fn)}argument '{name_b}' must have the leading dims {tuple(a.shape[:-dims])} of "
+            f"'{name_a}' {tuple(a.shape)} (all but the last {dims}), got {tuple(b.shape)}"
         )
 
 

@@ -48,7 +48,7 @@ def test_exact_gradient_penalty_under_sdpa_says_what_to_do() -> None:
     model = _model("sdpa")
     with capture_embedding_output(model.get_input_embeddings()) as outs:
         loss = model(**_batch()).loss
-    with pytest.raises(RuntimeError, match='attn_implementation="eager".*FastGradientPenalty'):
+    with pytest.raises(RuntimeError, match=r'attn_implementation="eager".*FastGradientPenalty'):
         gradient_penalty(loss, outs[0])
 
 
@@ -87,8 +87,12 @@ def test_vat_closure_calling_the_model_twice_says_what_happened() -> None:
 
 def test_every_multi_pass_object_follows_the_protocol() -> None:
     emb = nn.Embedding(5, 4)
-    for obj in (FGM(emb), PGD(emb), VAT(emb), FastGradientPenalty(emb), ParameterGradientPenalty(emb)):
+    ids = torch.tensor([[1, 2]])
+    for obj in (FGM(emb), PGD(emb), FastGradientPenalty(emb), ParameterGradientPenalty(emb)):
         assert isinstance(obj, MultiPassStep)
-        out = obj.step(lambda: emb(torch.tensor([[1, 2]])).sum() if not isinstance(obj, VAT)
-                       else emb(torch.tensor([[1, 2]])))
+        out = obj.step(lambda: emb(ids).sum())
         assert isinstance(out, torch.Tensor) and not out.requires_grad
+    vat = VAT(emb)
+    assert isinstance(vat, MultiPassStep)
+    out = vat.step(lambda: emb(ids))  # VAT's closure returns logits
+    assert isinstance(out, torch.Tensor) and not out.requires_grad

@@ -69,7 +69,6 @@ def _rho(convention: str, batch_size: int | None, fn: str) -> float:
     if batch_size is None:
         fail(fn, "batch_size", "an int >= 1 for the 'readme_sum' convention", batch_size)
     b = check_int("batch_size", batch_size, fn=fn, min=1)
-    assert b is not None
     return _RHO[convention] * b
 
 
@@ -89,7 +88,6 @@ def convert_rdrop_alpha(
     a = check_number("alpha", alpha, fn=fn, min=0.0)
     check_choice("source", source, RDROP_CONVENTIONS, fn=fn)
     check_choice("target", target, RDROP_CONVENTIONS, fn=fn)
-    assert a is not None
     return a * _rho(source, batch_size, fn) / _rho(target, batch_size, fn)
 
 
@@ -190,7 +188,6 @@ def rdrop_loss(
     a = check_number("alpha", alpha, fn=fn, min=0.0)
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
     reduction = check_reduction(reduction, fn=fn)
-    assert a is not None and ls is not None
     if pad_mask is not None:
         check_tensor("pad_mask", pad_mask, fn=fn, kind="bool")
         check_same_shape("target", target, "pad_mask", pad_mask, fn=fn)
@@ -224,7 +221,6 @@ class RDropLoss(nn.Module):
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
 
     def forward(self, logits1: Tensor, logits2: Tensor, target: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        assert self.alpha is not None and self.label_smoothing is not None
         return rdrop_loss(
             logits1, logits2, target, self.alpha, self.reduction,
             pad_mask=pad_mask, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,

@@ -131,7 +131,6 @@ def logit_adjusted_cross_entropy(
     t = check_number("tau", tau, fn=fn, min=0.0)
     reduction = check_reduction(reduction, fn=fn)
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
-    assert t is not None and ls is not None
     z = _f32(input) + t * log_prior.to(device=input.device, dtype=_f32(input).dtype)
     return _cross_entropy(z, target, reduction, ls, ignore_index, fn)
 
@@ -174,7 +173,6 @@ def posthoc_logit_adjust(logits: Tensor, log_prior: Tensor, tau: float = 1.0) ->
     check_tensor("logits", logits, fn=fn, kind="float", min_ndim=1)
     _check_log_prior(log_prior, logits.shape[-1], fn)
     t = check_number("tau", tau, fn=fn, min=0.0)
-    assert t is not None
     z = _f32(logits)
     return z - t * log_prior.to(device=z.device, dtype=z.dtype)
 
@@ -216,7 +214,6 @@ class LogitAdjustedCrossEntropy(nn.Module):
         return cls(log_prior_from_counts(counts), tau, **kwargs)  # type: ignore[arg-type]
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        assert self.tau is not None and self.label_smoothing is not None
         return logit_adjusted_cross_entropy(
             input,
             target,
@@ -229,7 +226,6 @@ class LogitAdjustedCrossEntropy(nn.Module):
 
     def adjust(self, logits: Tensor) -> Tensor:
         """Post-hoc adjusted logits ``logits − τ·log p`` (for a model trained with plain CE)."""
-        assert self.tau is not None
         return posthoc_logit_adjust(logits, self.log_prior, self.tau)
 
     def extra_repr(self) -> str:
@@ -241,7 +237,6 @@ class LogitAdjustedCrossEntropy(nn.Module):
 
 def _check_gamma(gamma: object, fn: str) -> float:
     g = check_number("gamma", gamma, fn=fn, min=0.0)
-    assert g is not None
     return g
 
 
@@ -298,7 +293,6 @@ def focal_loss(
             loss = loss * alpha.to(device=loss.device, dtype=loss.dtype)[t.squeeze(-1)]
         else:
             a = check_number("alpha", alpha, fn=fn, min=0.0)
-            assert a is not None
             loss = loss * a
     loss = torch.where(keep, loss, torch.zeros_like(loss))
     return apply_reduction(loss, reduction, keep.sum() if reduction == "mean" else None)
@@ -436,7 +430,6 @@ def hard_truncated_loss(
     fn = "hard_truncated_loss"
     check_tensor("input", input, fn=fn, kind="float")
     m = check_number("margin", margin, fn=fn, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
-    assert m is not None
     reduction = check_reduction(reduction, fn=fn)
     mode = _truncation_mode(input, target, fn)
     x = _f32(input)
@@ -478,7 +471,6 @@ def softened_truncated_loss(
     fn = "softened_truncated_loss"
     check_tensor("input", input, fn=fn, kind="float")
     kk = check_number("k", k, fn=fn, min=0.0, min_inclusive=False)
-    assert kk is not None
     reduction = check_reduction(reduction, fn=fn)
     mode = _truncation_mode(input, target, fn)
     x = _f32(input)
@@ -505,7 +497,6 @@ class HardTruncatedLoss(nn.Module):
         self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        assert self.margin is not None
         return hard_truncated_loss(input, target, self.margin, self.reduction)
 
 
@@ -519,7 +510,6 @@ class SoftenedTruncatedLoss(nn.Module):
         self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        assert self.k is not None
         return softened_truncated_loss(input, target, self.k, self.reduction)
 
 
@@ -545,7 +535,6 @@ def class_balanced_weights(
     c = _as_counts(counts, fn).clamp_min(1.0)
     t = check_number("tau", tau, fn=fn, min=0.0)
     b = check_number("beta", beta, fn=fn, min=0.0, max=1.0, max_inclusive=False, allow_none=True)
-    assert t is not None
     if b is None:
         eff = c
     elif b == 0.0:
@@ -589,7 +578,6 @@ def class_balanced_cross_entropy(
         fail(fn, "weight", f"a [{num_classes}] tensor of class weights", weight)
     reduction = check_reduction(reduction, fn=fn)
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
-    assert ls is not None
     check_shape_prefix("input", input, "target", target, fn=fn)
     check_labels("target", target, num_classes, fn=fn, ignore_index=ignore_index)
     z = _f32(input)
@@ -627,7 +615,6 @@ class ClassBalancedCrossEntropy(nn.Module):
         return cls(class_balanced_weights(counts, tau, beta), **kwargs)  # type: ignore[arg-type]
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        assert self.label_smoothing is not None
         return class_balanced_cross_entropy(
             input, target, self.weight, self.reduction,
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
@@ -649,7 +636,6 @@ def _check_dim(dim: object, fn: str) -> int | tuple[int, ...] | None:
     if isinstance(dim, tuple) and all(isinstance(d, int) and not isinstance(d, bool) for d in dim):
         return dim
     d = check_int("dim", dim, fn=fn)
-    assert d is not None
     return d
 
 
@@ -683,7 +669,6 @@ def dice_loss(
     reduction = check_reduction(reduction, fn=fn)
     d = _check_dim(dim, fn)
     e = check_number("eps", eps, fn=fn, min=0.0)
-    assert e is not None
     p = torch.sigmoid(_f32(input))
     inter, total = _dice_stats(p, y, d)
     den = total + e
@@ -746,7 +731,6 @@ class DiceLoss(nn.Module):
         self.eps = check_number("eps", eps, fn=fn, min=0.0)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        assert self.eps is not None
         return dice_loss(input, target, self.reduction, dim=self.dim, eps=self.eps)
 
 

@@ -102,7 +102,6 @@ def am_softmax_loss(
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
     reduction = check_reduction(reduction, fn=fn)
     check_choice("psi", psi, PSI, fn=fn)
-    assert s is not None and m is not None and ls is not None
     return _am_core(cosine, target, s, m, psi, ls, reduction)
 
 
@@ -143,7 +142,6 @@ class AMSoftmax(nn.Module):
         fn = "AMSoftmax"
         d = check_int("in_features", in_features, fn=fn, min=1)
         c = check_int("num_classes", num_classes, fn=fn, min=1)
-        assert d is not None and c is not None
         self.in_features, self.num_classes = d, c
         self.scale = check_number("scale", scale, fn=fn, min=0.0, min_inclusive=False)
         self.margin = check_number("margin", margin, fn=fn, min=0.0)
@@ -171,7 +169,6 @@ class AMSoftmax(nn.Module):
         cos = self.cosine(embeddings)
         check_shape_prefix("embeddings", embeddings, "target", target, fn=fn)
         check_labels("target", target, self.num_classes, fn=fn)
-        assert self.scale is not None and self.margin is not None and self.label_smoothing is not None
         return _am_core(cos, target, self.scale, self.margin, self.psi, self.label_smoothing, self.reduction)
 
     def extra_repr(self) -> str:

@@ -439,7 +439,6 @@ def multilabel_rank_loss(
     reduction = _check_dense_args(fn, input, target, mask, reduction)
     g = check_number("gamma", gamma, fn=fn, min=0.0, min_inclusive=False)
     m = check_finite_number("margin", margin, fn=fn)
-    assert g is not None
     if target.dtype != torch.bool:
         if target.is_floating_point() and not tracing() and not _is_hard(target):
             fail(fn, "target", "0/1 valued", target)
@@ -469,7 +468,6 @@ class MultilabelRankLoss(nn.Module):
         self.margin = check_finite_number("margin", margin, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        assert self.gamma is not None
         return multilabel_rank_loss(
             input, target, mask, self.reduction, gamma=self.gamma, margin=self.margin
         )
@@ -588,7 +586,6 @@ def sparse_multilabel_categorical_crossentropy(
     check_tensor("input", input, fn=fn, kind="float", min_ndim=1)
     check_tensor("pos_index", pos_index, fn=fn, kind="int", min_ndim=1)
     pad = check_int("pad_index", pad_index, fn=fn)
-    assert pad is not None
     reduction = check_reduction(reduction, fn=fn)
     if tuple(pos_index.shape[:-1]) != tuple(input.shape[:-1]):
         raise ValueError(
@@ -628,7 +625,6 @@ class SparseMultilabelCategoricalCrossEntropy(nn.Module):
         self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, pos_index: Tensor) -> Tensor:
-        assert self.pad_index is not None
         return sparse_multilabel_categorical_crossentropy(input, pos_index, self.pad_index, self.reduction)
 
     def extra_repr(self) -> str:

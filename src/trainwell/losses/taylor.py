@@ -30,7 +30,6 @@ __all__ = ["TaylorCrossEntropy", "TaylorSoftmax", "taylor_cross_entropy", "taylo
 
 def _check_order(order: object, fn: str) -> int:
     n = check_int("order", order, fn=fn, min=2)
-    assert n is not None
     if n % 2:
         fail(fn, "order", "an even int >= 2 (odd-order Taylor polynomials of exp take negative values)", order)
     return n
@@ -129,7 +128,6 @@ class TaylorSoftmax(nn.Module):
         self.monotone = check_bool("monotone", monotone, fn=fn)
 
     def forward(self, input: Tensor) -> Tensor:
-        assert self.dim is not None
         return taylor_softmax(input, self.order, self.dim, monotone=self.monotone)
 
     def extra_repr(self) -> str:

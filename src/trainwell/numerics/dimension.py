@@ -43,7 +43,6 @@ def entropy_h(n: float) -> float:
     Source: kexue.fm/archives/7695.
     """
     nf = check_number("n", n, fn="entropy_h", min=2.0)
-    assert nf is not None
     if not math.isfinite(nf):
         raise ValueError(f"entropy_h(): argument 'n' must be finite, got {n!r}")
     theta = np.linspace(0.0, math.pi, _GRID)
@@ -89,7 +88,6 @@ def min_embedding_dim(vocab_size: float, coef: float = 8.33, rounding: str | Non
     n_items = check_number("vocab_size", vocab_size, fn=fn, min=1.0, min_inclusive=False)
     c = check_number("coef", coef, fn=fn, min=0.0, min_inclusive=False)
     check_choice("rounding", rounding, ("ceil", "round", None), fn=fn)
-    assert n_items is not None and c is not None
     if not math.isfinite(n_items) or not math.isfinite(c):
         raise ValueError(f"{fn}(): arguments 'vocab_size' and 'coef' must be finite, got {vocab_size!r}, {coef!r}")
     raw = c * math.log(n_items)
@@ -119,7 +117,6 @@ def entropy_dim(vocab_size: float) -> float:
     ``N`` is so small that already ``h_2 + 2 log N <= 0``.
     """
     n_items = check_number("vocab_size", vocab_size, fn="entropy_dim", min=1.0, min_inclusive=False)
-    assert n_items is not None
     if not math.isfinite(n_items):
         raise ValueError(f"entropy_dim(): argument 'vocab_size' must be finite, got {vocab_size!r}")
     target = -2.0 * math.log(n_items)

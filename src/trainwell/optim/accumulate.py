@@ -55,7 +55,6 @@ class _AccumOptimizer(Optimizer):
         update_in_backward: bool,
     ) -> None:
         k = check_int("accum_steps", accum_steps, fn=self._fn, min=1)
-        assert k is not None
         check_bool("skip_nonfinite", skip_nonfinite, fn=self._fn)
         check_bool("sync_moments", sync_moments, fn=self._fn)
         check_bool("update_in_backward", update_in_backward, fn=self._fn)
@@ -89,7 +88,6 @@ class _AccumOptimizer(Optimizer):
     @accum_steps.setter
     def accum_steps(self, value: int) -> None:
         k = check_int("accum_steps", value, fn=self._fn, min=1)
-        assert k is not None
         if self._cycle_pos != 0 and k != self._accum_steps:
             raise ValueError(
                 f"{self._fn}(): argument 'accum_steps' may change only at a cycle boundary; "

@@ -84,10 +84,8 @@ def clip_grad_norm_(
     """
     fn = "clip_grad_norm_"
     gamma = check_number("max_norm", max_norm, fn=fn, min=0.0, min_inclusive=False)
-    assert gamma is not None
     check_choice("mode", mode, CLIP_MODES, fn=fn)
     p_norm = check_number("norm_type", norm_type, fn=fn, min=0.0, min_inclusive=False)
-    assert p_norm is not None
     check_bool("error_if_nonfinite", error_if_nonfinite, fn=fn)
     check_number("eps", eps, fn=fn, min=0.0)
     if isinstance(parameters, Tensor):

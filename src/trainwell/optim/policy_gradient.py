@@ -100,7 +100,6 @@ def sample_with_log_probs(
     fn = "sample_with_log_probs"
     check_tensor("logits", logits, fn=fn, kind="float", min_ndim=1)
     k = check_int("num_samples", num_samples, fn=fn, min=1)
-    assert k is not None
     logp = torch.log_softmax(float32(logits), dim=-1)
     flat = logp.detach().reshape(-1, logp.shape[-1])
     with torch.no_grad():

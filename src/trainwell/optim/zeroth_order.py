@@ -165,9 +165,7 @@ def zo_grad(
     check_callable("loss_fn", loss_fn, fn=fn)
     plist = _as_param_list(params, fn)
     n = check_int("num_samples", num_samples, fn=fn, min=1)
-    assert n is not None
     s = check_number("sigma", sigma, fn=fn, min=0.0, min_inclusive=False)
-    assert s is not None
     check_bool("antithetic", antithetic, fn=fn)
     check_choice("baseline", baseline, ZO_BASELINES, fn=fn)
     check_choice("distribution", distribution, ZO_DISTRIBUTIONS, fn=fn)
@@ -341,7 +339,6 @@ def mgs_log_weights(
     check_tensor("loss_deltas", loss_deltas, fn=fn, kind="float", ndim=1)
     s = check_number("sigma", sigma, fn=fn, min=0.0, min_inclusive=False)
     lam = check_number("mix_lambda", mix_lambda, fn=fn, min=0.0, max=1.0)
-    assert s is not None and lam is not None
     dl = loss_deltas.double()
     if isinstance(alpha, str):
         check_choice("alpha", alpha, ("auto",), fn=fn)
@@ -349,7 +346,6 @@ def mgs_log_weights(
         a = max(a, 1e-8)
     else:
         a_checked = check_number("alpha", alpha, fn=fn, min=0.0, min_inclusive=False)
-        assert a_checked is not None
         a = a_checked
     log_lam = math.log(lam) if lam > 0 else -math.inf
     log_1m = math.log1p(-lam) if lam < 1 else -math.inf
@@ -424,7 +420,6 @@ def mgs_step(
     n = check_int("num_candidates", num_candidates, fn=fn, min=1)
     s = check_number("sigma", sigma, fn=fn, min=0.0, min_inclusive=False)
     lam = check_number("mix_lambda", mix_lambda, fn=fn, min=0.0, max=1.0)
-    assert n is not None and s is not None and lam is not None
     if isinstance(alpha, str):
         check_choice("alpha", alpha, ("auto",), fn=fn)
     else:
@@ -534,7 +529,6 @@ def sampling_view_step(grads: Tensor | Sequence[Tensor], radius: float, temperat
         check_tensor("grads", g, fn=fn, kind="float")
     eps = check_number("radius", radius, fn=fn, min=0.0, min_inclusive=False)
     alpha = check_number("temperature", temperature, fn=fn, min=0.0, min_inclusive=False)
-    assert eps is not None and alpha is not None
     d = sum(g.numel() for g in glist)
     norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in glist))
     if norm == 0.0 or not math.isfinite(norm):

@@ -155,7 +155,6 @@ class PGD(EmbeddingAttack):
         )
         self.alpha: float = check_finite_number("alpha", alpha, fn=self._name, min=0.0, min_inclusive=False)
         steps_v = check_int("steps", steps, fn=self._name, min=1)
-        assert steps_v is not None
         self.steps: int = steps_v
         self.include_clean_loss: bool = check_bool("include_clean_loss", include_clean_loss, fn=self._name)
 

@@ -152,7 +152,6 @@ def noisy_loss(
     check_tensor("target", target, fn=fn, min_ndim=1)
     s = check_finite_number("sigma", sigma, fn=fn, min=0.0)
     k = check_int("n_samples", n_samples, fn=fn, min=1)
-    assert k is not None
     check_bool("antithetic", antithetic, fn=fn)
     if antithetic and k % 2:
         fail(fn, "n_samples", "an even number when antithetic=True", n_samples)
@@ -309,7 +308,6 @@ def noise_consistency_loss(
     s = check_finite_number("sigma", sigma, fn=fn, min=0.0)
     kind = check_choice("kind", kind, ("kl", "mse"), fn=fn)
     k = check_int("n_samples", n_samples, fn=fn, min=1)
-    assert k is not None
     red = check_reduction(reduction, fn=fn)
     check_tensor("outputs", outputs, fn=fn, kind="float", allow_none=True)
     if outputs is None:

@@ -118,7 +118,6 @@ def vat_perturbation(
     eps = check_finite_number("epsilon", epsilon, fn=fn, min=0.0)
     xi_v = check_finite_number("xi", xi, fn=fn, min=0.0, min_inclusive=False)
     k = check_int("power_iterations", power_iterations, fn=fn, min=0)
-    assert k is not None
     per_sample = check_choice("norm", norm, _NORMS, fn=fn) == "per_sample"
     check_bool("freeze_bn", freeze_bn, fn=fn)
     module = model if isinstance(model, nn.Module) else None
@@ -280,7 +279,6 @@ class VAT(EmbeddingPerturbation):
         self.epsilon: float = check_finite_number("epsilon", epsilon, fn=fn, min=0.0)
         self.xi: float = check_finite_number("xi", xi, fn=fn, min=0.0, min_inclusive=False)
         k = check_int("power_iterations", power_iterations, fn=fn, min=0)
-        assert k is not None
         self.power_iterations: int = k
         self.alpha: float = check_finite_number("alpha", alpha, fn=fn, min=0.0)
         if norm is None:
