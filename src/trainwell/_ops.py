@@ -22,6 +22,7 @@ __all__ = [
     "float32",
     "log1p_sum_exp",
     "masked_fill_neg_inf",
+    "to_compute_dtype",
 ]
 
 
@@ -57,6 +58,11 @@ def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
         if t is not None and t.dtype == torch.float64:
             return torch.float64
     return torch.float32
+
+
+def to_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in the dtype losses compute in (:func:`compute_dtype`): float64 stays, anything else float32."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def masked_fill_neg_inf(x: Tensor, keep: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from trainwell._ops import apply_reduction
 from trainwell._validation import (
@@ -35,6 +35,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 
 __all__ = [
     "RDROP_CONVENTIONS",
@@ -207,16 +208,17 @@ def rdrop_loss(
     return apply_reduction(loss, reduction, keep.sum() if reduction == "mean" else None)
 
 
-class RDropLoss(nn.Module):
+class RDropLoss(Loss):
     """Module form of :func:`rdrop_loss` (paper normalisation, eq. 7.1)."""
+
+    _repr_fields = ("alpha", "label_smoothing", "ignore_index")
 
     def __init__(
         self, alpha: float = 4.0, reduction: str = "mean", *, ignore_index: int = -100, label_smoothing: float = 0.0
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "RDropLoss"
         self.alpha = check_number("alpha", alpha, fn=fn, min=0.0)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.ignore_index = ignore_index
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
 
@@ -225,9 +227,6 @@ class RDropLoss(nn.Module):
             logits1, logits2, target, self.alpha, self.reduction,
             pad_mask=pad_mask, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
         )
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, reduction={self.reduction!r}"
 
 
 def rdrop_forward(model: Callable[..., Any], *inputs: Tensor, **kwargs: Any) -> tuple[Any, Any]:

@@ -40,6 +40,7 @@ from trainwell._validation import (
     fail,
     tracing,
 )
+from trainwell.losses._base import Loss
 
 __all__ = ["ContrastiveGradCache", "InfoNCELoss", "info_nce_loss"]
 
@@ -188,7 +189,7 @@ def info_nce_loss(
     return apply_reduction(per_row, reduction)
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(Loss):
     """Module form of :func:`info_nce_loss`, optionally with a learnable temperature.
 
     Hyperparameters are plain attributes read at call time. With ``learnable_temperature=True``
@@ -205,6 +206,8 @@ class InfoNCELoss(nn.Module):
     Source: kexue.fm/archives/8471; arXiv:1807.03748.
     """
 
+    _repr_fields = ("temperature", "mask_diagonal", "symmetric", "normalize", "learnable_temperature")
+
     log_scale: nn.Parameter | None
 
     def __init__(
@@ -217,7 +220,7 @@ class InfoNCELoss(nn.Module):
         reduction: str = "mean",
         learnable_temperature: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "InfoNCELoss"
         self.temperature = check_finite_number(
             "temperature", temperature, fn=fn, min=0.0, min_inclusive=False
@@ -225,7 +228,6 @@ class InfoNCELoss(nn.Module):
         self.mask_diagonal = check_bool("mask_diagonal", mask_diagonal, fn=fn)
         self.symmetric = check_bool("symmetric", symmetric, fn=fn)
         self.normalize = check_bool("normalize", normalize, fn=fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         check_bool("learnable_temperature", learnable_temperature, fn=fn)
         if learnable_temperature:
             self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.temperature)))
@@ -246,13 +248,10 @@ class InfoNCELoss(nn.Module):
             normalize=self.normalize,
         )
 
-    def extra_repr(self) -> str:
-        learn = self.log_scale is not None
-        return (
-            f"temperature={self.temperature}, mask_diagonal={self.mask_diagonal}, "
-            f"symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}, "
-            f"learnable_temperature={learn}"
-        )
+    @property
+    def learnable_temperature(self) -> bool:
+        """Whether the logit scale is the parameter ``log_scale``."""
+        return self.log_scale is not None
 
 
 # ------------------------------------------------------------------------------------- GradCache

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from trainwell._ops import apply_reduction, float32
+from trainwell._ops import apply_reduction, to_compute_dtype
 from trainwell._validation import (
     check_int,
     check_labels,
@@ -29,6 +29,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 
 __all__ = [
     "BinaryFocalLoss",
@@ -51,11 +52,6 @@ __all__ = [
     "posthoc_logit_adjust",
     "softened_truncated_loss",
 ]
-
-
-def _f32(x: Tensor) -> Tensor:
-    """Compute dtype: float64 stays float64, everything else float32."""
-    return x if x.dtype == torch.float64 else float32(x).float()
 
 
 def _as_counts(counts: Tensor | Sequence[float], fn: str) -> Tensor:
@@ -131,7 +127,7 @@ def logit_adjusted_cross_entropy(
     t = check_number("tau", tau, fn=fn, min=0.0)
     reduction = check_reduction(reduction, fn=fn)
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
-    z = _f32(input) + t * log_prior.to(device=input.device, dtype=_f32(input).dtype)
+    z = to_compute_dtype(input) + t * log_prior.to(device=input.device, dtype=to_compute_dtype(input).dtype)
     return _cross_entropy(z, target, reduction, ls, ignore_index, fn)
 
 
@@ -173,12 +169,12 @@ def posthoc_logit_adjust(logits: Tensor, log_prior: Tensor, tau: float = 1.0) ->
     check_tensor("logits", logits, fn=fn, kind="float", min_ndim=1)
     _check_log_prior(log_prior, logits.shape[-1], fn)
     t = check_number("tau", tau, fn=fn, min=0.0)
-    z = _f32(logits)
+    z = to_compute_dtype(logits)
     return z - t * log_prior.to(device=z.device, dtype=z.dtype)
 
 
-class LogitAdjustedCrossEntropy(nn.Module):
-    """Module form of :func:`logit_adjusted_cross_entropy` holding ``log_prior`` as a float32 buffer.
+class LogitAdjustedCrossEntropy(Loss):
+    """Module form of :func:`logit_adjusted_cross_entropy` holding ``log_prior`` as a buffer.
 
     The buffer moves with ``.to()`` and is saved in the ``state_dict``; ``tau`` is a plain attribute
     read at call time. :meth:`adjust` applies the post-hoc rule with the same prior. The post's
@@ -187,6 +183,8 @@ class LogitAdjustedCrossEntropy(nn.Module):
 
     Source: kexue.fm/archives/7615; arXiv:2007.07314.
     """
+
+    _repr_fields = ("num_classes", "tau")
 
     log_prior: Tensor
 
@@ -199,12 +197,11 @@ class LogitAdjustedCrossEntropy(nn.Module):
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "LogitAdjustedCrossEntropy"
         check_tensor("log_prior", log_prior, fn=fn, kind="float", ndim=1)
-        self.register_buffer("log_prior", log_prior.detach().to(torch.float32).clone())
+        self.register_buffer("log_prior", log_prior.detach().clone())  # dtype kept: float64 stays
         self.tau = check_number("tau", tau, fn=fn, min=0.0)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
         self.ignore_index = ignore_index
 
@@ -224,12 +221,13 @@ class LogitAdjustedCrossEntropy(nn.Module):
             ignore_index=self.ignore_index,
         )
 
+    @property
+    def num_classes(self) -> int:
+        return self.log_prior.numel()
+
     def adjust(self, logits: Tensor) -> Tensor:
         """Post-hoc adjusted logits ``logits − τ·log p`` (for a model trained with plain CE)."""
         return posthoc_logit_adjust(logits, self.log_prior, self.tau)
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.log_prior.numel()}, tau={self.tau}, reduction={self.reduction!r}"
 
 
 # ------------------------------------------------------------------------------------------ focal
@@ -244,7 +242,7 @@ def _check_binary_target(target: Tensor, input: Tensor, fn: str) -> Tensor:
     check_tensor("target", target, fn=fn, kind=("float", "int", "bool"))
     check_same_shape("input", input, "target", target, fn=fn)
     check_probabilities("target", target, fn=fn)
-    return target.detach().to(_f32(input).dtype)
+    return target.detach().to(to_compute_dtype(input).dtype)
 
 
 def focal_loss(
@@ -279,7 +277,7 @@ def focal_loss(
     check_shape_prefix("input", input, "target", target, fn=fn)
     num_classes = input.shape[-1]
     check_labels("target", target, num_classes, fn=fn, ignore_index=ignore_index)
-    logp = torch.log_softmax(_f32(input), dim=-1)
+    logp = torch.log_softmax(to_compute_dtype(input), dim=-1)
     keep = target != ignore_index
     t = torch.where(keep, target, torch.zeros_like(target)).long().unsqueeze(-1)
     logpt = logp.gather(-1, t).squeeze(-1)
@@ -328,7 +326,7 @@ def binary_focal_loss(
     a = check_number("alpha", alpha, fn=fn, min=0.0, max=1.0, allow_none=True)
     reduction = check_reduction(reduction, fn=fn)
     y = _check_binary_target(target, input, fn)
-    x = _f32(input)
+    x = to_compute_dtype(input)
     sp_pos = F.softplus(-x)  # −log σ(x)
     sp_neg = F.softplus(x)  # −log σ(−x)
     pos = sp_pos if g == 0 else torch.exp(-g * sp_neg) * sp_pos
@@ -339,8 +337,10 @@ def binary_focal_loss(
     return apply_reduction(y * pos + (1.0 - y) * neg, reduction)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(Loss):
     """Module form of :func:`focal_loss`; a ``[C]`` tensor ``alpha`` is kept as a buffer."""
+
+    _repr_fields = ("gamma", "alpha")
 
     alpha_weight: Tensor | None
 
@@ -352,14 +352,13 @@ class FocalLoss(nn.Module):
         *,
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "FocalLoss"
         self.gamma = _check_gamma(gamma, fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.ignore_index = ignore_index
         if isinstance(alpha, Tensor):
             check_tensor("alpha", alpha, fn=fn, kind="float", ndim=1)
-            self.register_buffer("alpha_weight", alpha.detach().float().clone())
+            self.register_buffer("alpha_weight", alpha.detach().clone())
             self.alpha: float | None = None
         else:
             self.alpha_weight = None
@@ -369,25 +368,20 @@ class FocalLoss(nn.Module):
         alpha = self.alpha_weight if self.alpha_weight is not None else self.alpha
         return focal_loss(input, target, self.gamma, alpha, self.reduction, ignore_index=self.ignore_index)
 
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, reduction={self.reduction!r}"
 
-
-class BinaryFocalLoss(nn.Module):
+class BinaryFocalLoss(Loss):
     """Module form of :func:`binary_focal_loss`."""
 
+    _repr_fields = ("gamma", "alpha")
+
     def __init__(self, gamma: float = 2.0, alpha: float | None = None, reduction: str = "mean") -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "BinaryFocalLoss"
         self.gamma = _check_gamma(gamma, fn)
         self.alpha = check_number("alpha", alpha, fn=fn, min=0.0, max=1.0, allow_none=True)
-        self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return binary_focal_loss(input, target, self.gamma, self.alpha, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
 
 
 # ------------------------------------------------------------------- hard truncation and its softening
@@ -432,7 +426,7 @@ def hard_truncated_loss(
     m = check_number("margin", margin, fn=fn, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
     reduction = check_reduction(reduction, fn=fn)
     mode = _truncation_mode(input, target, fn)
-    x = _f32(input)
+    x = to_compute_dtype(input)
     if mode == "binary":
         y = target.detach().to(x.dtype)
         loss = y * F.softplus(-x) + (1.0 - y) * F.softplus(x)
@@ -473,7 +467,7 @@ def softened_truncated_loss(
     kk = check_number("k", k, fn=fn, min=0.0, min_inclusive=False)
     reduction = check_reduction(reduction, fn=fn)
     mode = _truncation_mode(input, target, fn)
-    x = _f32(input)
+    x = to_compute_dtype(input)
     if mode == "binary":
         y = target.detach().to(x.dtype)
         loss = y * torch.sigmoid(-kk * x) * F.softplus(-x) + (1.0 - y) * torch.sigmoid(kk * x) * F.softplus(x)
@@ -485,29 +479,31 @@ def softened_truncated_loss(
     return apply_reduction(loss, reduction)
 
 
-class HardTruncatedLoss(nn.Module):
+class HardTruncatedLoss(Loss):
     """Module form of :func:`hard_truncated_loss`."""
 
+    _repr_fields = ("margin",)
+
     def __init__(self, margin: float = 0.5, reduction: str = "mean") -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "HardTruncatedLoss"
         self.margin = check_number(
             "margin", margin, fn=fn, min=0.0, max=1.0, min_inclusive=False, max_inclusive=False
         )
-        self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return hard_truncated_loss(input, target, self.margin, self.reduction)
 
 
-class SoftenedTruncatedLoss(nn.Module):
+class SoftenedTruncatedLoss(Loss):
     """Module form of :func:`softened_truncated_loss`."""
 
+    _repr_fields = ("k",)
+
     def __init__(self, k: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "SoftenedTruncatedLoss"
         self.k = check_number("k", k, fn=fn, min=0.0, min_inclusive=False)
-        self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return softened_truncated_loss(input, target, self.k, self.reduction)
@@ -517,7 +513,11 @@ class SoftenedTruncatedLoss(nn.Module):
 
 
 def class_balanced_weights(
-    counts: Tensor | Sequence[float], tau: float = 1.0, beta: float | None = None
+    counts: Tensor | Sequence[float],
+    tau: float = 1.0,
+    beta: float | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Per-class weights for reweighted CE, normalised to mean 1.
 
@@ -529,7 +529,7 @@ def class_balanced_weights(
     Sources: kexue.fm/archives/7708; arXiv:1901.05555.
 
     Returns:
-        float32 ``[K]`` with mean exactly 1 (up to rounding).
+        ``[K]`` weights in ``dtype`` (default float32; computed in float64) with mean 1 (up to rounding).
     """
     fn = "class_balanced_weights"
     c = _as_counts(counts, fn).clamp_min(1.0)
@@ -544,7 +544,7 @@ def class_balanced_weights(
         log_b = torch.tensor(b, dtype=torch.float64, device=c.device).log()
         eff = torch.expm1(c * log_b) / torch.expm1(log_b)
     w = eff.pow(-t)
-    return (w / w.mean()).float()
+    return (w / w.mean()).to(dtype)  # computed in float64
 
 
 def class_balanced_cross_entropy(
@@ -580,7 +580,7 @@ def class_balanced_cross_entropy(
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
     check_shape_prefix("input", input, "target", target, fn=fn)
     check_labels("target", target, num_classes, fn=fn, ignore_index=ignore_index)
-    z = _f32(input)
+    z = to_compute_dtype(input)
     ce = F.cross_entropy(
         z.reshape(-1, num_classes), target.reshape(-1).long(), reduction="none",
         ignore_index=ignore_index, label_smoothing=ls,
@@ -591,19 +591,20 @@ def class_balanced_cross_entropy(
     return apply_reduction(loss, reduction, keep.sum() if reduction == "mean" else None)
 
 
-class ClassBalancedCrossEntropy(nn.Module):
-    """Module form of :func:`class_balanced_cross_entropy` with the weights as a float32 buffer."""
+class ClassBalancedCrossEntropy(Loss):
+    """Module form of :func:`class_balanced_cross_entropy` with the weights as a buffer (their dtype kept)."""
+
+    _repr_fields = ("num_classes", "ignore_index", "label_smoothing")
 
     weight: Tensor
 
     def __init__(
         self, weight: Tensor, reduction: str = "mean", *, ignore_index: int = -100, label_smoothing: float = 0.0
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "ClassBalancedCrossEntropy"
         check_tensor("weight", weight, fn=fn, kind="float", ndim=1)
-        self.register_buffer("weight", weight.detach().float().clone())
-        self.reduction = check_reduction(reduction, fn=fn)
+        self.register_buffer("weight", weight.detach().clone())
         self.ignore_index = ignore_index
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
 
@@ -613,6 +614,10 @@ class ClassBalancedCrossEntropy(nn.Module):
     ) -> ClassBalancedCrossEntropy:
         """Build with :func:`class_balanced_weights` of the training-label counts."""
         return cls(class_balanced_weights(counts, tau, beta), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.numel()
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return class_balanced_cross_entropy(
@@ -669,7 +674,7 @@ def dice_loss(
     reduction = check_reduction(reduction, fn=fn)
     d = _check_dim(dim, fn)
     e = check_number("eps", eps, fn=fn, min=0.0)
-    p = torch.sigmoid(_f32(input))
+    p = torch.sigmoid(to_compute_dtype(input))
     inter, total = _dice_stats(p, y, d)
     den = total + e
     safe = torch.where(den > 0, den, torch.ones_like(den))
@@ -709,7 +714,7 @@ def f1_weighted_cross_entropy(
     y = _check_binary_target(target, input, fn)
     reduction = check_reduction(reduction, fn=fn)
     d = _check_dim(dim, fn)
-    x = _f32(input)
+    x = to_compute_dtype(input)
     with torch.no_grad():
         inter, total = _dice_stats(torch.sigmoid(x), y, d)
         f = torch.where(total > 0, 2.0 * inter / torch.where(total > 0, total, torch.ones_like(total)),
@@ -718,15 +723,16 @@ def f1_weighted_cross_entropy(
     return apply_reduction(loss, reduction)
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(Loss):
     """Module form of :func:`dice_loss`."""
+
+    _repr_fields = ("dim", "eps")
 
     def __init__(
         self, reduction: str = "mean", *, dim: int | tuple[int, ...] | None = None, eps: float = 0.0
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "DiceLoss"
-        self.reduction = check_reduction(reduction, fn=fn)
         self.dim = _check_dim(dim, fn)
         self.eps = check_number("eps", eps, fn=fn, min=0.0)
 
@@ -734,13 +740,14 @@ class DiceLoss(nn.Module):
         return dice_loss(input, target, self.reduction, dim=self.dim, eps=self.eps)
 
 
-class F1WeightedCrossEntropy(nn.Module):
+class F1WeightedCrossEntropy(Loss):
     """Module form of :func:`f1_weighted_cross_entropy`."""
 
+    _repr_fields = ("dim",)
+
     def __init__(self, reduction: str = "mean", *, dim: int | tuple[int, ...] | None = None) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "F1WeightedCrossEntropy"
-        self.reduction = check_reduction(reduction, fn=fn)
         self.dim = _check_dim(dim, fn)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 
 __all__ = ["AMSoftmax", "am_softmax_loss", "am_softmax_psi", "retrieval_topk_accuracy"]
 
@@ -105,7 +106,7 @@ def am_softmax_loss(
     return _am_core(cosine, target, s, m, psi, ls, reduction)
 
 
-class AMSoftmax(nn.Module):
+class AMSoftmax(Loss):
     """AM-Softmax classifier head: owns the class centres, ``forward(embeddings, target)`` → loss.
 
     Embeddings and centres are L2-normalised inside ``forward`` (gradients flow through the
@@ -125,6 +126,8 @@ class AMSoftmax(nn.Module):
         label_smoothing: passed to ``F.cross_entropy``.
     """
 
+    _repr_fields = ("in_features", "num_classes", "scale", "margin", "psi")
+
     def __init__(
         self,
         in_features: int,
@@ -138,7 +141,7 @@ class AMSoftmax(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "AMSoftmax"
         d = check_int("in_features", in_features, fn=fn, min=1)
         c = check_int("num_classes", num_classes, fn=fn, min=1)
@@ -146,7 +149,6 @@ class AMSoftmax(nn.Module):
         self.scale = check_number("scale", scale, fn=fn, min=0.0, min_inclusive=False)
         self.margin = check_number("margin", margin, fn=fn, min=0.0)
         self.psi = check_choice("psi", psi, PSI, fn=fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
         self.weight = nn.Parameter(torch.empty(c, d, device=device, dtype=dtype))
         self.reset_parameters()
@@ -170,12 +172,6 @@ class AMSoftmax(nn.Module):
         check_shape_prefix("embeddings", embeddings, "target", target, fn=fn)
         check_labels("target", target, self.num_classes, fn=fn)
         return _am_core(cos, target, self.scale, self.margin, self.psi, self.label_smoothing, self.reduction)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, num_classes={self.num_classes}, scale={self.scale}, "
-            f"margin={self.margin}, psi={self.psi!r}"
-        )
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from trainwell._ops import apply_reduction, float32, log1p_sum_exp
+from trainwell._ops import apply_reduction, log1p_sum_exp, to_compute_dtype
 from trainwell._validation import (
     check_broadcastable,
     check_finite_number,
@@ -30,6 +30,7 @@ from trainwell._validation import (
     fail,
     tracing,
 )
+from trainwell.losses._base import Loss
 
 __all__ = [
     "MultilabelCategoricalCrossEntropy",
@@ -47,11 +48,6 @@ _OPTIMISTIC = True
 
 # Rows per chunk in the sparse loss: bounds its temporary buffer to about this many scores.
 _SPARSE_CHUNK_ELEMENTS = 1 << 22
-
-
-def _compute(x: Tensor) -> Tensor:
-    """Scores in the dtype the loss is computed in: float64 stays, everything else becomes float32."""
-    return x if x.dtype == torch.float64 else float32(x).float()
 
 
 # ------------------------------------------------------------------------------------- dense kernels
@@ -293,7 +289,7 @@ def multilabel_categorical_crossentropy(
     if soft is not None and not isinstance(soft, bool):
         fail(fn, "soft", "a bool or None", soft, exc=TypeError)
 
-    s = _compute(input)
+    s = to_compute_dtype(input)
     if thr != 0.0:
         s = s - thr
     if target.dtype == torch.bool:
@@ -367,19 +363,20 @@ def zlpr_probabilities(input: Tensor, threshold: float = 0.0) -> Tensor:
     fn = "zlpr_probabilities"
     check_tensor("input", input, fn=fn, kind="float")
     thr = check_finite_number("threshold", threshold, fn=fn)
-    return torch.sigmoid(2.0 * (_compute(input) - thr))
+    return torch.sigmoid(2.0 * (to_compute_dtype(input) - thr))
 
 
-class MultilabelCategoricalCrossEntropy(nn.Module):
+class MultilabelCategoricalCrossEntropy(Loss):
     """Module form of :func:`multilabel_categorical_crossentropy` (ZLPR, kexue.fm/archives/7359).
 
     Hyperparameters are plain attributes read at call time.
     """
 
+    _repr_fields = ("threshold", "soft")
+
     def __init__(self, reduction: str = "mean", *, threshold: float = 0.0, soft: bool | None = None) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "MultilabelCategoricalCrossEntropy"
-        self.reduction = check_reduction(reduction, fn=fn)
         self.threshold = check_finite_number("threshold", threshold, fn=fn)
         if soft is not None and not isinstance(soft, bool):
             fail(fn, "soft", "a bool or None", soft, exc=TypeError)
@@ -389,9 +386,6 @@ class MultilabelCategoricalCrossEntropy(nn.Module):
         return multilabel_categorical_crossentropy(
             input, target, mask, self.reduction, threshold=self.threshold, soft=self.soft
         )
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, threshold={self.threshold}, soft={self.soft}"
 
 
 # ---------------------------------------------------------------------------------------- rank form
@@ -444,7 +438,7 @@ def multilabel_rank_loss(
             fail(fn, "target", "0/1 valued", target)
         if not target.is_floating_point():
             _check_binary(target, fn)
-    s = _compute(input)
+    s = to_compute_dtype(input)
     pos = target.detach() != 0
     keep = torch.ones_like(pos) if mask is None else mask.expand(s.shape)
     if s.shape[-1] == 0:
@@ -457,13 +451,14 @@ def multilabel_rank_loss(
     return apply_reduction(out, reduction)
 
 
-class MultilabelRankLoss(nn.Module):
+class MultilabelRankLoss(Loss):
     """Module form of :func:`multilabel_rank_loss` (kexue.fm/archives/7359)."""
 
+    _repr_fields = ("gamma", "margin")
+
     def __init__(self, reduction: str = "mean", *, gamma: float = 1.0, margin: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "MultilabelRankLoss"
-        self.reduction = check_reduction(reduction, fn=fn)
         self.gamma = check_number("gamma", gamma, fn=fn, min=0.0, min_inclusive=False)
         self.margin = check_finite_number("margin", margin, fn=fn)
 
@@ -471,9 +466,6 @@ class MultilabelRankLoss(nn.Module):
         return multilabel_rank_loss(
             input, target, mask, self.reduction, gamma=self.gamma, margin=self.margin
         )
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, gamma={self.gamma}, margin={self.margin}"
 
 
 # ------------------------------------------------------------------------------------------- sparse
@@ -602,7 +594,7 @@ def sparse_multilabel_categorical_crossentropy(
                     f"{fn}(): argument 'pos_index' must hold class indices in [0, {num_classes}) or "
                     f"pad_index={pad}, got {lo if lo < 0 else hi}"
                 )
-    s = _compute(input)
+    s = to_compute_dtype(input)
     lead = s.shape[:-1]
     if num_classes == 0:
         return apply_reduction(s.new_zeros(lead), reduction)
@@ -615,17 +607,16 @@ def sparse_multilabel_categorical_crossentropy(
     return apply_reduction(out.reshape(lead), reduction)
 
 
-class SparseMultilabelCategoricalCrossEntropy(nn.Module):
+class SparseMultilabelCategoricalCrossEntropy(Loss):
     """Module form of :func:`sparse_multilabel_categorical_crossentropy` (kexue.fm/archives/8888)."""
 
+    _repr_fields = ("pad_index",)
+
     def __init__(self, pad_index: int = -1, reduction: str = "mean") -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "SparseMultilabelCategoricalCrossEntropy"
         self.pad_index = check_int("pad_index", pad_index, fn=fn)
-        self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, pos_index: Tensor) -> Tensor:
         return sparse_multilabel_categorical_crossentropy(input, pos_index, self.pad_index, self.reduction)
 
-    def extra_repr(self) -> str:
-        return f"pad_index={self.pad_index}, reduction={self.reduction!r}"

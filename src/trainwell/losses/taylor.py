@@ -23,6 +23,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 from trainwell.numerics.taylor_positivity import taylor_exp, taylor_exp_minimizer
 
 __all__ = ["TaylorCrossEntropy", "TaylorSoftmax", "taylor_cross_entropy", "taylor_softmax"]
@@ -134,16 +135,17 @@ class TaylorSoftmax(nn.Module):
         return f"order={self.order}, dim={self.dim}, monotone={self.monotone}"
 
 
-class TaylorCrossEntropy(nn.Module):
+class TaylorCrossEntropy(Loss):
     """Module form of :func:`taylor_cross_entropy` (kexue.fm/archives/7919)."""
+
+    _repr_fields = ("order", "monotone")
 
     def __init__(
         self, order: int = 2, reduction: str = "mean", *, monotone: bool = False, ignore_index: int = -100
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "TaylorCrossEntropy"
         self.order = _check_order(order, fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.monotone = check_bool("monotone", monotone, fn=fn)
         self.ignore_index = ignore_index
 
@@ -152,5 +154,3 @@ class TaylorCrossEntropy(nn.Module):
             input, target, self.order, self.reduction, monotone=self.monotone, ignore_index=self.ignore_index
         )
 
-    def extra_repr(self) -> str:
-        return f"order={self.order}, reduction={self.reduction!r}, monotone={self.monotone}"
