@@ -75,8 +75,11 @@ def dice_loss(
     p = torch.sigmoid(to_compute_dtype(input))
     inter, total = _dice_stats(p, y, d)
     den = total + e
-    safe = torch.where(den > 0, den, torch.ones_like(den))
-    f1 = torch.where(den > 0, (2.0 * inter + e) / safe, torch.ones_like(den))
+    # only an exact 0 (nothing predicted, nothing present) is special: `den > 0` would turn a NaN
+    # input into a silent loss of 0
+    empty = den == 0
+    safe = torch.where(empty, torch.ones_like(den), den)
+    f1 = torch.where(empty, torch.ones_like(den), (2.0 * inter + e) / safe)
     loss = 1.0 - f1
     if d is not None:
         loss = loss.squeeze(d)
@@ -115,8 +118,8 @@ def f1_weighted_cross_entropy(
     x = to_compute_dtype(input)
     with torch.no_grad():
         inter, total = _dice_stats(torch.sigmoid(x), y, d)
-        f = torch.where(total > 0, 2.0 * inter / torch.where(total > 0, total, torch.ones_like(total)),
-                        torch.zeros_like(total))
+        empty = total == 0  # NaN stays NaN (see dice_loss)
+        f = torch.where(empty, torch.zeros_like(total), 2.0 * inter / torch.where(empty, torch.ones_like(total), total))
     loss = y * (1.0 - f / 2) * F.softplus(-x) + (1.0 - y) * (f / 2) * F.softplus(x)
     return apply_reduction(loss, reduction)
 
