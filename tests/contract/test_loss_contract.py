@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.contract.loss_catalog import C, LOSSES, LossCase
+from tests.contract.loss_catalog import LOSSES, C, LossCase
 
 N = 6
 
