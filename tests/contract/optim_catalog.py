@@ -47,6 +47,7 @@ class OptimCase:
 OPTIMIZERS: list[OptimCase] = [
     OptimCase("accum_adamw_k1", lambda p, **h: AccumAdamW(p, weight_decay=0.01, **h)),
     OptimCase("accum_adamw_k2", lambda p, **h: AccumAdamW(p, accum_steps=2, **h)),
+    OptimCase("accum_adamw_fused", lambda p, **h: AccumAdamW(p, weight_decay=0.01, fused=True, **h)),
     OptimCase("accum_adamw_foreach", lambda p, **h: AccumAdamW(p, accum_steps=2, foreach=True, **h)),
     OptimCase("accum_sgdm_k2", lambda p, **h: AccumSGDM(p, accum_steps=2, **h)),
     OptimCase("exponentiated_gradient", lambda p, **h: ExponentiatedGradient(p, **h), positive=True),

@@ -42,7 +42,7 @@ def _run(case: OptimCase, opt: object, params: list[torch.Tensor], steps: int) -
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=repr)
 def test_decreases_a_quadratic(case: OptimCase) -> None:
     params = _params()
-    start = float(_loss(params))
+    start = float(_loss(params).detach())
     _run(case, case.make(params, lr=0.05), params, 20)
     assert float(_loss(params)) < start
     if case.positive:
@@ -93,7 +93,7 @@ def test_step_with_closure_returns_its_loss(case: OptimCase) -> None:
             loss.backward()
         return loss
 
-    expected = float(_loss(params))
+    expected = float(_loss(params).detach())
     if case.needs_closure:
         with torch.no_grad():
             out = opt.step(closure)

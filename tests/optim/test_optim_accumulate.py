@@ -531,3 +531,74 @@ def test_num_updates_round_trips_through_state_dict() -> None:
     opt2 = AccumAdamW([q], lr=0.1, accum_steps=2)
     opt2.load_state_dict(opt.state_dict())
     assert opt2.num_updates == 2 and opt2.cycle_position == 1
+
+
+def _adamw_run(make: Any, steps: int = 4, with_none: bool = False) -> list[torch.Tensor]:
+    torch.manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(9, 7)), torch.nn.Parameter(torch.randn(5))]
+    opt = make(params)
+    g = torch.Generator().manual_seed(4)
+    for i in range(steps):
+        for j, p in enumerate(params):
+            p.grad = None if (with_none and j == 1 and i == 2) else torch.randn(p.shape, generator=g)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_fused_k1_is_bit_identical_to_torch_fused_adamw() -> None:
+    kw = dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1)
+    ours = _adamw_run(lambda ps: AccumAdamW(ps, fused=True, **kw))
+    ref = _adamw_run(lambda ps: torch.optim.AdamW(ps, fused=True, **kw))
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    # and the default kernels stay bit-identical to torch's for-loop AdamW
+    ours = _adamw_run(lambda ps: AccumAdamW(ps, **kw))
+    ref = _adamw_run(lambda ps: torch.optim.AdamW(ps, foreach=False, **kw))
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+
+
+def test_fused_keeps_the_grad_none_rule() -> None:
+    """A parameter without a gradient still decays its moments and moves (AccumAdamW's rule, not torch's)."""
+    kw = dict(lr=1e-2, weight_decay=0.1)
+    fused = _adamw_run(lambda ps: AccumAdamW(ps, fused=True, **kw), with_none=True)
+    plain = _adamw_run(lambda ps: AccumAdamW(ps, **kw), with_none=True)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_fused_falls_back_for_accumulation_and_resumes() -> None:
+    kw = dict(lr=1e-2, accum_steps=2)
+    for a, b in zip(_adamw_run(lambda ps: AccumAdamW(ps, fused=True, **kw)), _adamw_run(lambda ps: AccumAdamW(ps, **kw))):
+        assert torch.equal(a, b)
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = AccumAdamW(params, fused=True)
+    params[0].grad = torch.ones(3)
+    opt.step()
+    opt2 = AccumAdamW([torch.nn.Parameter(params[0].detach().clone())], fused=True)
+    opt2.load_state_dict(opt.state_dict())
+    assert float(opt2.state[opt2.param_groups[0]["params"][0]]["update_step"]) == 1.0
+    with pytest.raises(ValueError, match="'fused'"):
+        AccumAdamW(params, fused=True, foreach=True)
+    with pytest.raises(TypeError, match="'fused'"):
+        AccumAdamW(params, fused=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_functional_accum_adamw_matches_the_class(foreach: bool) -> None:
+    from trainwell.optim import accum_adamw
+
+    ref = _adamw_run(lambda ps: AccumAdamW(ps, lr=1e-2, weight_decay=0.1, accum_steps=2))
+    torch.manual_seed(3)
+    params = [torch.randn(9, 7), torch.randn(5)]
+    ms = [torch.zeros_like(p) for p in params]
+    vs = [torch.zeros_like(p) for p in params]
+    g = torch.Generator().manual_seed(4)
+    for i in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        accum_adamw(params, grads, ms, vs, i // 2 + 1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.1, accum_steps=2, first=i % 2 == 0, last=i % 2 == 1, foreach=foreach)
+    for a, b in zip(params, ref):
+        torch.testing.assert_close(a, b, atol=0, rtol=0) if not foreach else torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="'update_step'"):
+        accum_adamw(params, grads, ms, vs, 0, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
