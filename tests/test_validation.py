@@ -63,7 +63,9 @@ def test_tensor_checks() -> None:
         v.check_tensor("input", x, ndim=3)
     with pytest.raises(ValueError, match="at least 3 dims"):
         v.check_tensor("input", x, min_ndim=3)
-    with pytest.raises(ValueError, match=r"'target' must have the same shape as 'input' \(2, 3\), got \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"'target' must have the same shape as 'input' \(2, 3\), got \(3, 2\)"
+    ):
         v.check_same_shape("input", x, "target", torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"'target' must have shape \(2,\)"):
         v.check_shape_prefix("input", x, "target", torch.zeros(3, dtype=torch.long))
@@ -131,6 +133,8 @@ def test_fail_message_stays_short_for_a_model_output() -> None:
         pass
 
     with pytest.raises(TypeError) as err:
-        fail("f", "x", "a tensor", Output(logits=torch.randn(64, 1000), loss=torch.tensor(1.0)), exc=TypeError)
+        fail(
+            "f", "x", "a tensor", Output(logits=torch.randn(64, 1000), loss=torch.tensor(1.0)), exc=TypeError
+        )
     msg = str(err.value)
     assert "Output('logits': Tensor(shape=(64, 1000)" in msg and len(msg) < 300

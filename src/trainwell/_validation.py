@@ -61,7 +61,9 @@ def _where(fn: str | None) -> str:
     return f"{fn}(): " if fn else ""
 
 
-def fail(fn: str | None, name: str, expected: str, got: Any, *, exc: type[Exception] = ValueError) -> NoReturn:
+def fail(
+    fn: str | None, name: str, expected: str, got: Any, *, exc: type[Exception] = ValueError
+) -> NoReturn:
     """Raise ``exc`` with the library's message format."""
     raise exc(f"{_where(fn)}argument '{name}' must be {expected}, got {_describe(got)}")
 
@@ -173,7 +175,13 @@ def check_int(
 ) -> int: ...
 @overload
 def check_int(
-    name: str, value: Any, *, fn: str | None = ..., min: int | None = ..., max: int | None = ..., allow_none: bool
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: int | None = ...,
+    max: int | None = ...,
+    allow_none: bool,
 ) -> int | None: ...
 def check_int(
     name: str,
@@ -296,8 +304,10 @@ def check_shape_prefix(name_a: str, a: Tensor, name_b: str, b: Tensor, *, fn: st
         )
 
 
-def check_leading_dims(name_a: str, a: Tensor, name_b: str, b: Tensor, dims: int, *, fn: str | None = None) -> None:
-    """``b`` must share ``a``'s leading dims, i.e. ``b.shape[:-dims] == a.shape[:-dims]`` (``dims`` ≥ 1 trailing)."""
+def check_leading_dims(
+    name_a: str, a: Tensor, name_b: str, b: Tensor, dims: int, *, fn: str | None = None
+) -> None:
+    """``b`` must share ``a``'s leading dims: ``b.shape[:-dims] == a.shape[:-dims]`` (``dims`` ≥ 1)."""
     if a.dim() < dims or b.dim() < dims or tuple(a.shape[:-dims]) != tuple(b.shape[:-dims]):
         raise ValueError(
             f"{_where(fn)}argument '{name_b}' must have the leading dims {tuple(a.shape[:-dims])} of "
@@ -337,7 +347,7 @@ def check_labels(
     fn: str | None = None,
     ignore_index: int | None = None,
 ) -> None:
-    """Integer class labels in [0, num_classes) (``ignore_index`` allowed). Content check skipped when tracing."""
+    """Class indices in [0, num_classes) (``ignore_index`` allowed); content check skipped when tracing."""
     check_tensor(name, target, fn=fn, kind="int")
     if tracing() or target.numel() == 0:
         return

@@ -100,26 +100,42 @@ LOSSES: list[LossCase] = [
     LossCase("binary_focal", L.binary_focal_loss, L.BinaryFocalLoss, _logits_binary),
     LossCase(
         "logit_adjusted_ce",
-        functools.partial(L.logit_adjusted_cross_entropy, log_prior=L.log_prior_from_counts([50, 20, 10, 5, 1])),
+        functools.partial(
+            L.logit_adjusted_cross_entropy, log_prior=L.log_prior_from_counts([50, 20, 10, 5, 1])
+        ),
         lambda **kw: L.LogitAdjustedCrossEntropy(L.log_prior_from_counts([50, 20, 10, 5, 1]), **kw),
         _logits_labels,
     ),
     LossCase(
         "class_balanced_ce",
-        functools.partial(L.class_balanced_cross_entropy, weight=L.class_balanced_weights([50, 20, 10, 5, 1])),
+        functools.partial(
+            L.class_balanced_cross_entropy, weight=L.class_balanced_weights([50, 20, 10, 5, 1])
+        ),
         lambda **kw: L.ClassBalancedCrossEntropy(L.class_balanced_weights([50, 20, 10, 5, 1]), **kw),
         _logits_labels,
     ),
     LossCase("hard_truncated", L.hard_truncated_loss, L.HardTruncatedLoss, _logits_labels),
     LossCase("softened_truncated", L.softened_truncated_loss, L.SoftenedTruncatedLoss, _logits_labels),
-    LossCase("dice_per_class", functools.partial(L.dice_loss, dim=0),
-             lambda **kw: L.DiceLoss(dim=0, **kw), _logits_binary, per_row=False),
-    LossCase("f1_weighted_ce", L.f1_weighted_cross_entropy, L.F1WeightedCrossEntropy, _logits_binary,
-             per_row=False),  # the batch F1 couples the rows
-    LossCase("zlpr", L.multilabel_categorical_crossentropy, L.MultilabelCategoricalCrossEntropy, _logits_binary),
+    LossCase(
+        "dice_per_class",
+        functools.partial(L.dice_loss, dim=0),
+        lambda **kw: L.DiceLoss(dim=0, **kw),
+        _logits_binary,
+        per_row=False,
+    ),
+    LossCase(
+        "f1_weighted_ce", L.f1_weighted_cross_entropy, L.F1WeightedCrossEntropy, _logits_binary, per_row=False
+    ),  # the batch F1 couples the rows
+    LossCase(
+        "zlpr", L.multilabel_categorical_crossentropy, L.MultilabelCategoricalCrossEntropy, _logits_binary
+    ),
     LossCase("zlpr_rank", L.multilabel_rank_loss, L.MultilabelRankLoss, _logits_binary),
-    LossCase("zlpr_sparse", L.sparse_multilabel_categorical_crossentropy,
-             L.SparseMultilabelCategoricalCrossEntropy, _sparse),
+    LossCase(
+        "zlpr_sparse",
+        L.sparse_multilabel_categorical_crossentropy,
+        L.SparseMultilabelCategoricalCrossEntropy,
+        _sparse,
+    ),
     LossCase("am_softmax", _am_functional, _am_module, _embeddings_labels, bad_input="embeddings"),
     LossCase("am_softmax_cosine", L.am_softmax_loss, None, _cosine_labels, bad_input="cosine"),
     LossCase("taylor_ce", L.taylor_cross_entropy, L.TaylorCrossEntropy, _logits_labels),

@@ -16,7 +16,10 @@ TARGET = torch.tensor([0.5, 1.5, 2.0, 0.8], dtype=torch.float64)
 
 
 def _params(dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    return [torch.nn.Parameter(torch.ones(4, dtype=dtype)), torch.nn.Parameter(torch.full((2, 2), 1.2, dtype=dtype))]
+    return [
+        torch.nn.Parameter(torch.ones(4, dtype=dtype)),
+        torch.nn.Parameter(torch.full((2, 2), 1.2, dtype=dtype)),
+    ]
 
 
 def _loss(params: list[torch.Tensor]) -> torch.Tensor:
@@ -123,8 +126,9 @@ def test_zero_grad_clears(case: OptimCase) -> None:
     assert all(p.grad is None or not p.grad.any() for p in params)
 
 
-@pytest.mark.parametrize("case", [c for c in OPTIMIZERS if not c.name.startswith(("clipped", "step_size"))],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "case", [c for c in OPTIMIZERS if not c.name.startswith(("clipped", "step_size"))], ids=repr
+)
 def test_bad_lr_names_the_argument(case: OptimCase) -> None:
     with pytest.raises(ValueError, match="'lr'"):
         case.make(_params(), lr=-1.0)

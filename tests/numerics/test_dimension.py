@@ -27,7 +27,8 @@ def _h_reference(n: int) -> float:
 
 
 @pytest.mark.parametrize(
-    "n, value", [(32, -7.77471), (64, -15.4734), (96, -23.1726), (128, -30.8718), (256, -61.6692), (512, -123.264)]
+    "n, value",
+    [(32, -7.77471), (64, -15.4734), (96, -23.1726), (128, -30.8718), (256, -61.6692), (512, -123.264)],
 )
 def test_entropy_h_matches_post_table(n: int, value: float) -> None:
     assert entropy_h(n) == pytest.approx(value, abs=1e-3 if n == 512 else 1e-4)

@@ -118,7 +118,12 @@ class ClassBalancedCrossEntropy(Loss):
     weight: Tensor
 
     def __init__(
-        self, weight: Tensor, reduction: str = "mean", *, ignore_index: int = -100, label_smoothing: float = 0.0
+        self,
+        weight: Tensor,
+        reduction: str = "mean",
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(reduction)
         fn = "ClassBalancedCrossEntropy"
@@ -140,6 +145,10 @@ class ClassBalancedCrossEntropy(Loss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return class_balanced_cross_entropy(
-            input, target, self.weight, self.reduction,
-            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            input,
+            target,
+            self.weight,
+            self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
         )

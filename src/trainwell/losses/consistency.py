@@ -200,7 +200,9 @@ def rdrop_loss(
     t = torch.where(keep, target, torch.zeros_like(target)).long()
 
     def ce(lp: Tensor) -> Tensor:  # cross_entropy of log-probabilities == of the logits
-        flat = F.cross_entropy(lp.reshape(-1, num_classes), t.reshape(-1), reduction="none", label_smoothing=ls)
+        flat = F.cross_entropy(
+            lp.reshape(-1, num_classes), t.reshape(-1), reduction="none", label_smoothing=ls
+        )
         return flat.reshape(t.shape)
 
     loss = ce(lp1) + ce(lp2) + a * _kl_both(lp1, lp2)
@@ -214,7 +216,12 @@ class RDropLoss(Loss):
     _repr_fields = ("alpha", "label_smoothing", "ignore_index")
 
     def __init__(
-        self, alpha: float = 4.0, reduction: str = "mean", *, ignore_index: int = -100, label_smoothing: float = 0.0
+        self,
+        alpha: float = 4.0,
+        reduction: str = "mean",
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(reduction)
         fn = "RDropLoss"
@@ -222,10 +229,18 @@ class RDropLoss(Loss):
         self.ignore_index = ignore_index
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
 
-    def forward(self, logits1: Tensor, logits2: Tensor, target: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, logits1: Tensor, logits2: Tensor, target: Tensor, pad_mask: Tensor | None = None
+    ) -> Tensor:
         return rdrop_loss(
-            logits1, logits2, target, self.alpha, self.reduction,
-            pad_mask=pad_mask, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            logits1,
+            logits2,
+            target,
+            self.alpha,
+            self.reduction,
+            pad_mask=pad_mask,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
         )
 
 
@@ -272,4 +287,10 @@ def _split(out: Any, fn: str) -> tuple[Any, Any]:
     if isinstance(out, dict):
         parts_d = {k: (_split(v, fn) if isinstance(v, Tensor) else (v, v)) for k, v in out.items()}
         return {k: v[0] for k, v in parts_d.items()}, {k: v[1] for k, v in parts_d.items()}
-    fail(fn, "model output", "a tensor, a tuple/list/dict of tensors or an object with .logits", out, exc=TypeError)
+    fail(
+        fn,
+        "model output",
+        "a tensor, a tuple/list/dict of tensors or an object with .logits",
+        out,
+        exc=TypeError,
+    )

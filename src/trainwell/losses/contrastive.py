@@ -325,7 +325,9 @@ def _pool(out: Any, inp: _Input, pooling: str | Callable[..., Tensor] | None) ->
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
-def _call(encoder: Callable[..., Any], inp: _Input, pooling: str | Callable[..., Tensor] | None = None) -> Tensor:
+def _call(
+    encoder: Callable[..., Any], inp: _Input, pooling: str | Callable[..., Tensor] | None = None
+) -> Tensor:
     if isinstance(inp, Mapping):
         out = encoder(**inp)
     elif isinstance(inp, (tuple, list)):
@@ -461,7 +463,13 @@ class ContrastiveGradCache:
         self.process_group = process_group
         if pooling is not None and not callable(pooling):
             if not isinstance(pooling, str):
-                fail(_GC, "pooling", "None, 'mean', 'cls' or a callable(output, inputs)", pooling, exc=TypeError)
+                fail(
+                    _GC,
+                    "pooling",
+                    "None, 'mean', 'cls' or a callable(output, inputs)",
+                    pooling,
+                    exc=TypeError,
+                )
             check_choice("pooling", pooling, _POOLINGS, fn=_GC)
         self.pooling = pooling
 

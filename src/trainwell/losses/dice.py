@@ -119,7 +119,8 @@ def f1_weighted_cross_entropy(
     with torch.no_grad():
         inter, total = _dice_stats(torch.sigmoid(x), y, d)
         empty = total == 0  # NaN stays NaN (see dice_loss)
-        f = torch.where(empty, torch.zeros_like(total), 2.0 * inter / torch.where(empty, torch.ones_like(total), total))
+        safe = torch.where(empty, torch.ones_like(total), total)
+        f = torch.where(empty, torch.zeros_like(total), 2.0 * inter / safe)
     loss = y * (1.0 - f / 2) * F.softplus(-x) + (1.0 - y) * (f / 2) * F.softplus(x)
     return apply_reduction(loss, reduction)
 

@@ -55,7 +55,7 @@ def flooding(loss: Tensor, level: float, *, reference: Tensor | float | None = N
 
 
 class Flooding(nn.Module):
-    """Module form of :func:`flooding`: ``Flooding(level)(loss, reference=None)``; ``level`` is a plain attribute."""
+    """Module form of :func:`flooding`: ``Flooding(level)(loss, reference=None)`` (``level``: attribute)."""
 
     def __init__(self, level: float) -> None:
         super().__init__()

@@ -166,7 +166,9 @@ class LogitAdjustedCrossEntropy(Loss):
         self.ignore_index = ignore_index
 
     @classmethod
-    def from_counts(cls, counts: Tensor | Sequence[float], tau: float = 1.0, **kwargs: object) -> LogitAdjustedCrossEntropy:
+    def from_counts(
+        cls, counts: Tensor | Sequence[float], tau: float = 1.0, **kwargs: object
+    ) -> LogitAdjustedCrossEntropy:
         """Build from training-label counts (see :func:`log_prior_from_counts`)."""
         return cls(log_prior_from_counts(counts), tau, **kwargs)  # type: ignore[arg-type]
 

@@ -52,7 +52,13 @@ def am_softmax_psi(cosine: Tensor, margin: float = 0.35, psi: str = "additive") 
 
 
 def _am_core(
-    cosine: Tensor, target: Tensor, scale: float, margin: float, psi: str, label_smoothing: float, reduction: str
+    cosine: Tensor,
+    target: Tensor,
+    scale: float,
+    margin: float,
+    psi: str,
+    label_smoothing: float,
+    reduction: str,
 ) -> Tensor:
     cos = cosine if cosine.dtype == torch.float64 else float32(cosine).float()
     num_classes = cos.shape[-1]
@@ -60,7 +66,9 @@ def _am_core(
     # Only the target column changes: scatter its transformed value into the scaled cosines.
     logits = (scale * cos).scatter(-1, t, scale * am_softmax_psi(cos.gather(-1, t), margin, psi))
     out = F.cross_entropy(
-        logits.reshape(-1, num_classes), target.reshape(-1).long(), reduction="none",
+        logits.reshape(-1, num_classes),
+        target.reshape(-1).long(),
+        reduction="none",
         label_smoothing=label_smoothing,
     )
     return apply_reduction(out.reshape(target.shape), reduction)  # empty batch: 0, not NaN
@@ -157,7 +165,7 @@ class AMSoftmax(Loss):
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.in_features))
 
     def cosine(self, embeddings: Tensor) -> Tensor:
-        """Cosines ``[..., C]`` between the (normalised) embeddings ``[..., d]`` and class centres (float32)."""
+        """Cosines ``[..., C]`` between the normalised embeddings ``[..., d]`` and class centres (float32)."""
         fn = "AMSoftmax.cosine"
         check_tensor("embeddings", embeddings, fn=fn, kind="float", min_ndim=1)
         if embeddings.shape[-1] != self.in_features:

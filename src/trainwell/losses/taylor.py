@@ -32,7 +32,9 @@ __all__ = ["TaylorCrossEntropy", "TaylorSoftmax", "taylor_cross_entropy", "taylo
 def _check_order(order: object, fn: str) -> int:
     n = check_int("order", order, fn=fn, min=2)
     if n % 2:
-        fail(fn, "order", "an even int >= 2 (odd-order Taylor polynomials of exp take negative values)", order)
+        fail(
+            fn, "order", "an even int >= 2 (odd-order Taylor polynomials of exp take negative values)", order
+        )
     return n
 
 
@@ -49,7 +51,7 @@ def _taylor_values(x: Tensor, order: int, monotone: bool) -> Tensor:
 
 
 def taylor_softmax(input: Tensor, order: int = 2, dim: int = -1, *, monotone: bool = False) -> Tensor:
-    """Taylor softmax ``f_n(x_i) / Σ_j f_n(x_j)`` along ``dim`` with ``f_n`` the order-``n`` Taylor polynomial of exp.
+    """Taylor softmax ``f_n(x_i) / Σ_j f_n(x_j)`` along ``dim``, ``f_n`` the order-``n`` Taylor series of exp.
 
     ``n`` must be even (then ``f_n > 0`` everywhere); default ``n = 2``: ``1 + x + x²/2``.
     ``monotone=True`` clamps the inputs below the minimiser ``x_n*`` of ``f_n`` (``f_n`` is U-shaped,
@@ -153,4 +155,3 @@ class TaylorCrossEntropy(Loss):
         return taylor_cross_entropy(
             input, target, self.order, self.reduction, monotone=self.monotone, ignore_index=self.ignore_index
         )
-

@@ -63,7 +63,7 @@ def entropy_h(n: float) -> float:
 
 
 def min_embedding_dim(vocab_size: float, coef: float = 8.33, rounding: str | None = "ceil") -> float:
-    """Smallest embedding dimension the minimum-entropy rule allows for ``vocab_size`` items: ``n > coef·log N``.
+    """Smallest embedding dimension the minimum-entropy rule allows for ``vocab_size`` items (n > c·log N).
 
     ``n > 8.33 log N`` (natural log), from ``H ≈ 2 log N - 0.2406 n < 0``. The default
     (``rounding="ceil"``) returns the smallest integer satisfying the strict inequality, so the result
@@ -89,7 +89,9 @@ def min_embedding_dim(vocab_size: float, coef: float = 8.33, rounding: str | Non
     c = check_number("coef", coef, fn=fn, min=0.0, min_inclusive=False)
     check_choice("rounding", rounding, ("ceil", "round", None), fn=fn)
     if not math.isfinite(n_items) or not math.isfinite(c):
-        raise ValueError(f"{fn}(): arguments 'vocab_size' and 'coef' must be finite, got {vocab_size!r}, {coef!r}")
+        raise ValueError(
+            f"{fn}(): arguments 'vocab_size' and 'coef' must be finite, got {vocab_size!r}, {coef!r}"
+        )
     raw = c * math.log(n_items)
     if rounding == "ceil":
         return math.floor(raw) + 1  # strict: n > raw even when raw is an integer

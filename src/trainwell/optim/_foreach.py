@@ -31,7 +31,9 @@ def default_foreach(tensors: Iterable[Tensor | None], *, on_cpu: bool = False) -
     return bool(ts) and all(t.device.type in devices and not t.is_sparse for t in ts)
 
 
-def group_by_device_and_dtype(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
+def group_by_device_and_dtype(
+    tensors: Sequence[Tensor],
+) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
     """Tensors bucketed by (device, dtype), order kept within a bucket (one foreach call per bucket)."""
     out: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for t in tensors:

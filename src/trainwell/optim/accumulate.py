@@ -205,13 +205,19 @@ class _AccumOptimizer(Optimizer):
         for group in self.param_groups:
             if self._fused_step(group, first, last, fuse):
                 continue
-            use_foreach = default_foreach(group["params"]) if group["foreach"] is None else bool(group["foreach"])
+            foreach = group["foreach"]
+            use_foreach = default_foreach(group["params"]) if foreach is None else bool(foreach)
             buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
             for p in group["params"]:
                 # frozen parameters are left alone (as torch does): no state, no decay, no update
                 if id(p) in self._done_in_backward or not p.requires_grad:
                     continue
-                if use_foreach and p.grad is not None and p.dtype not in _LOW_PRECISION and not p.grad.is_sparse:
+                if (
+                    use_foreach
+                    and p.grad is not None
+                    and p.dtype not in _LOW_PRECISION
+                    and not p.grad.is_sparse
+                ):
                     self._state(p)
                     bp, bg = buckets.setdefault((p.device, p.dtype), ([], []))
                     bp.append(p)
@@ -227,14 +233,16 @@ class _AccumOptimizer(Optimizer):
         if last and not fuse:
             self._all_reduce_moments()
             for group in self.param_groups:
-                pending = [p for p in group["params"] if id(p) not in self._done_in_backward and p.requires_grad]
+                pending = [
+                    p for p in group["params"] if id(p) not in self._done_in_backward and p.requires_grad
+                ]
                 if pending:
                     self._apply_update(group, pending, last)
         self._finish_micro_step(last)
         return loss
 
     def _fused_step(self, group: dict[str, Any], first: bool, last: bool, fuse: bool) -> bool:
-        """One fused kernel for the whole group (moments + update) where the optimizer has one; False if not."""
+        """One fused kernel for the whole group (moments + update) where there is one; False if not."""
         return False
 
     @torch.compiler.disable
@@ -346,9 +354,9 @@ class AccumSGDM(_AccumOptimizer):
     Learning-rate schedules are indexed by update count: step the scheduler only when
     ``opt.is_update_step`` is True, or wrap it in :class:`UpdateStepScheduler`.
 
-    A micro-step whose parameter has ``grad=None`` counts as a zero contribution (buffer semantics); parameters
-    with ``requires_grad=False`` are skipped entirely (no state, no weight decay), as in torch. A step
-    skipped by ``GradScaler`` (inf/NaN) is not counted, so the cycle gets one micro-step longer; with
+    A micro-step whose parameter has ``grad=None`` counts as a zero contribution (buffer semantics);
+    parameters with ``requires_grad=False`` are skipped entirely (no state, no weight decay), as in torch.
+    A step skipped by ``GradScaler`` (inf/NaN) is not counted, so the cycle gets one micro-step longer; with
     ``skip_nonfinite=True`` the optimizer does the same check itself (one host sync per micro-step).
 
     DDP: (a) default, exact: let DDP all-reduce every micro-step. (b) ``sync_moments=True``: run every
@@ -400,11 +408,16 @@ class AccumSGDM(_AccumOptimizer):
         if foreach is not None:
             check_bool("foreach", foreach, fn=fn)
         defaults = dict(
-            lr=float(lr), momentum=float(momentum), dampening=float(dampening),
-            weight_decay=float(weight_decay), maximize=maximize, foreach=foreach,
+            lr=float(lr),
+            momentum=float(momentum),
+            dampening=float(dampening),
+            weight_decay=float(weight_decay),
+            maximize=maximize,
+            foreach=foreach,
         )
-        super().__init__(params, defaults, accum_steps, skip_nonfinite, sync_moments, process_group,
-                         update_in_backward)
+        super().__init__(
+            params, defaults, accum_steps, skip_nonfinite, sync_moments, process_group, update_in_backward
+        )
 
     def _moment_keys(self) -> tuple[str, ...]:
         return ("momentum_buffer",)
@@ -542,11 +555,18 @@ class AccumAdamW(_AccumOptimizer):
         if foreach is not None:
             check_bool("foreach", foreach, fn=fn)
         defaults = dict(
-            lr=float(lr), betas=(b1, b2), eps=float(eps), weight_decay=float(weight_decay),
-            eps_inside_sqrt=eps_inside_sqrt, maximize=maximize, foreach=foreach, fused=bool(fused),
+            lr=float(lr),
+            betas=(b1, b2),
+            eps=float(eps),
+            weight_decay=float(weight_decay),
+            eps_inside_sqrt=eps_inside_sqrt,
+            maximize=maximize,
+            foreach=foreach,
+            fused=bool(fused),
         )
-        super().__init__(params, defaults, accum_steps, skip_nonfinite, sync_moments, process_group,
-                         update_in_backward)
+        super().__init__(
+            params, defaults, accum_steps, skip_nonfinite, sync_moments, process_group, update_in_backward
+        )
 
     def _moment_keys(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -566,8 +586,9 @@ class AccumAdamW(_AccumOptimizer):
         st = self._state(p)
         st["step"] += 1
         b1, b2 = group["betas"]
-        _adamw_moments_single(st["exp_avg"], st["exp_avg_sq"], grad, b1, b2, self._accum_steps, first,
-                              group["maximize"])
+        _adamw_moments_single(
+            st["exp_avg"], st["exp_avg_sq"], grad, b1, b2, self._accum_steps, first, group["maximize"]
+        )
 
     def _update_foreach(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], first: bool, last: bool
@@ -575,8 +596,16 @@ class AccumAdamW(_AccumOptimizer):
         states = [self.state[p] for p in params]
         torch._foreach_add_([s["step"] for s in states], 1.0)
         b1, b2 = group["betas"]
-        _adamw_moments_foreach([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], grads,
-                               b1, b2, self._accum_steps, first, group["maximize"])
+        _adamw_moments_foreach(
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            grads,
+            b1,
+            b2,
+            self._accum_steps,
+            first,
+            group["maximize"],
+        )
 
     def _apply_update(self, group: dict[str, Any], params: list[Tensor], last: bool) -> None:
         use_foreach = default_foreach(params) if group["foreach"] is None else bool(group["foreach"])
@@ -590,8 +619,13 @@ class AccumAdamW(_AccumOptimizer):
                 continue
             _adamw_apply_single(p, st["exp_avg"], st["exp_avg_sq"], n, group)
         for (_, _, n), ps in fast.items():
-            _adamw_apply_foreach(ps, [self.state[p]["exp_avg"] for p in ps],
-                                 [self.state[p]["exp_avg_sq"] for p in ps], n, group)
+            _adamw_apply_foreach(
+                ps,
+                [self.state[p]["exp_avg"] for p in ps],
+                [self.state[p]["exp_avg_sq"] for p in ps],
+                n,
+                group,
+            )
 
     def _fused_step(self, group: dict[str, Any], first: bool, last: bool, fuse: bool) -> bool:
         # torch's fused AdamW kernel is exactly one micro-step of a k = 1 cycle (decay, moments, update)
@@ -609,9 +643,18 @@ class AccumAdamW(_AccumOptimizer):
             b1, b2 = group["betas"]
             grads = [p.grad for p in ps if p.grad is not None]
             torch._fused_adamw_(
-                ps, grads, [s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts], [],
-                [s["update_step"] for s in sts], lr=group["lr"], beta1=b1, beta2=b2,
-                weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                ps,
+                grads,
+                [s["exp_avg"] for s in sts],
+                [s["exp_avg_sq"] for s in sts],
+                [],
+                [s["update_step"] for s in sts],
+                lr=group["lr"],
+                beta1=b1,
+                beta2=b2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                amsgrad=False,
                 maximize=group["maximize"],
             )
         for p in params:  # no gradient this micro-step: the moments still decay (as the other kernels)
@@ -621,7 +664,9 @@ class AccumAdamW(_AccumOptimizer):
         return True
 
 
-def _fused_buckets(params: list[Tensor], states: list[dict[str, Any]]) -> list[tuple[list[Tensor], list[Any]]]:
+def _fused_buckets(
+    params: list[Tensor], states: list[dict[str, Any]]
+) -> list[tuple[list[Tensor], list[Any]]]:
     """Group (param, state) by (device, dtype); the fused kernel wants its step counters on the device."""
     out: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Any]]] = {}
     for p, st in zip(params, states):
@@ -661,7 +706,13 @@ def _adamw_moments_single(
 
 
 def _adamw_moments_foreach(
-    ms: list[Tensor], vs: list[Tensor], grads: list[Tensor], b1: float, b2: float, k: int, first: bool,
+    ms: list[Tensor],
+    vs: list[Tensor],
+    grads: list[Tensor],
+    b1: float,
+    b2: float,
+    k: int,
+    first: bool,
     maximize: bool,
 ) -> None:
     if maximize:
@@ -696,7 +747,9 @@ def _adamw_apply_single(p: Tensor, m: Tensor, v: Tensor, n: float, group: dict[s
         p.copy_(q)
 
 
-def _adamw_apply_foreach(ps: list[Tensor], ms: list[Tensor], vs: list[Tensor], n: float, group: dict[str, Any]) -> None:
+def _adamw_apply_foreach(
+    ps: list[Tensor], ms: list[Tensor], vs: list[Tensor], n: float, group: dict[str, Any]
+) -> None:
     lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
     b1, b2 = group["betas"]
     if wd != 0.0:
@@ -749,10 +802,19 @@ def accum_adamw(
     k = check_int("accum_steps", accum_steps, fn=fn, min=1)
     n = check_int("update_step", update_step, fn=fn, min=1)
     if not (len(params) == len(grads) == len(exp_avgs) == len(exp_avg_sqs)):
-        fail(fn, "grads", f"lists as long as 'params' ({len(params)})",
-             [len(grads), len(exp_avgs), len(exp_avg_sqs)])
-    group = dict(lr=float(lr), betas=(float(beta1), float(beta2)), eps=float(eps),
-                 weight_decay=float(weight_decay), eps_inside_sqrt=eps_inside_sqrt)
+        fail(
+            fn,
+            "grads",
+            f"lists as long as 'params' ({len(params)})",
+            [len(grads), len(exp_avgs), len(exp_avg_sqs)],
+        )
+    group = dict(
+        lr=float(lr),
+        betas=(float(beta1), float(beta2)),
+        eps=float(eps),
+        weight_decay=float(weight_decay),
+        eps_inside_sqrt=eps_inside_sqrt,
+    )
     use_foreach = default_foreach(params) if foreach is None else bool(foreach)
     if use_foreach:
         _adamw_moments_foreach(exp_avgs, exp_avg_sqs, list(grads), beta1, beta2, k, first, maximize)
@@ -771,8 +833,7 @@ def enable_update_in_backward(optimizer: AccumSGDM | AccumAdamW) -> list[Any]:
     Returns the hook handles. Keep calling ``optimizer.step()`` after every backward.
     """
     if not isinstance(optimizer, _AccumOptimizer):
-        fail("enable_update_in_backward", "optimizer", "an AccumSGDM or AccumAdamW", optimizer,
-             exc=TypeError)
+        fail("enable_update_in_backward", "optimizer", "an AccumSGDM or AccumAdamW", optimizer, exc=TypeError)
     return optimizer.enable_update_in_backward()
 
 
@@ -791,15 +852,16 @@ class UpdateStepScheduler:
         if not isinstance(optimizer, _AccumOptimizer):
             fail("UpdateStepScheduler", "optimizer", "an AccumSGDM or AccumAdamW", optimizer, exc=TypeError)
         if not hasattr(scheduler, "step"):
-            fail("UpdateStepScheduler", "scheduler", "an LR scheduler (with .step())", scheduler,
-                 exc=TypeError)
+            fail(
+                "UpdateStepScheduler", "scheduler", "an LR scheduler (with .step())", scheduler, exc=TypeError
+            )
         self.scheduler = scheduler
         self.optimizer = optimizer
         self.num_updates = 0  # inner scheduler steps taken
         self._seen_updates = optimizer.num_updates
 
     def step(self) -> bool:
-        """Advance the inner scheduler once per optimizer update since the last call; return whether it did."""
+        """Advance the inner scheduler once per optimizer update since the last call; True if it did."""
         stepped = False
         while self._seen_updates < self.optimizer.num_updates:
             self.scheduler.step()
@@ -812,8 +874,11 @@ class UpdateStepScheduler:
         return list(self.scheduler.get_last_lr())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict(), "num_updates": self.num_updates,
-                "seen_updates": self._seen_updates}
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "num_updates": self.num_updates,
+            "seen_updates": self._seen_updates,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state_dict["scheduler"])

@@ -33,8 +33,12 @@ def _baseline_values(rewards: Tensor, baseline: Any, fn: str) -> Tensor:
             return torch.zeros_like(rewards)
         k = rewards.shape[-1]
         if k < 2:
-            fail(fn, "baseline", f"'none' or a value when there is one sample per input ({baseline!r} needs K >= 2)",
-                 baseline)
+            fail(
+                fn,
+                "baseline",
+                f"'none' or a value when there is one sample per input ({baseline!r} needs K >= 2)",
+                baseline,
+            )
         total = rewards.sum(dim=-1, keepdim=True)
         if baseline == "mean":
             return (total / k).expand_as(rewards)

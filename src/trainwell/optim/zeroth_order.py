@@ -57,7 +57,8 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 
 
 class _Noise:
-    """Regenerates the same direction u (one tensor per parameter) from an integer seed, any number of times."""
+    """Regenerates the same direction u (one tensor per parameter) from an integer seed, any number of times.
+    """
 
     def __init__(self, params: list[Tensor], distribution: str) -> None:
         self.params = params
@@ -274,8 +275,16 @@ class ZerothOrder(Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         for p in params:
             p.grad = None
-        loss = zo_grad(closure, params, self.num_samples, self.sigma, self.antithetic, self.baseline,
-                       self.distribution, self.generator)
+        loss = zo_grad(
+            closure,
+            params,
+            self.num_samples,
+            self.sigma,
+            self.antithetic,
+            self.baseline,
+            self.distribution,
+            self.generator,
+        )
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -468,18 +477,23 @@ def mgs_step(
         a = max(float(deltas.std(unbiased=False)) if n > 1 else 1.0, 1e-8)
     else:
         a = float(alpha)
-    log_w = mgs_log_weights(deltas, torch.tensor(d_sq, dtype=torch.float64),
-                            torch.tensor(dm_sq, dtype=torch.float64), s, lam, a)
+    log_w = mgs_log_weights(
+        deltas, torch.tensor(d_sq, dtype=torch.float64), torch.tensor(dm_sq, dtype=torch.float64), s, lam, a
+    )
     w = log_w.exp()
     for seed, use_guide, wi in zip(seeds, guided, w.tolist()):
         if wi != 0.0:
             apply(seed, use_guide, wi)
     ess = float(1.0 / w.pow(2).sum())
     if ess < min_ess:
-        warnings.warn(f"mgs_step: effective sample size {ess:.2f} < {min_ess}; the update rests on one "
-                      "candidate (raise num_candidates or alpha, or lower sigma)", stacklevel=2)
-    return MGSResult(weights=w, losses=torch.tensor(losses, dtype=torch.float64), base_loss=base, ess=ess,
-                     alpha=a)
+        warnings.warn(
+            f"mgs_step: effective sample size {ess:.2f} < {min_ess}; the update rests on one "
+            "candidate (raise num_candidates or alpha, or lower sigma)",
+            stacklevel=2,
+        )
+    return MGSResult(
+        weights=w, losses=torch.tensor(losses, dtype=torch.float64), base_loss=base, ess=ess, alpha=a
+    )
 
 
 # --------------------------------------------------------------------------------------------- sampling view

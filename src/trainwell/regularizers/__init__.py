@@ -9,9 +9,10 @@ protocol, used from a plain training loop::
     optimizer.step()
 
 ``step(closure, *, backward=None, scaler=None) -> Tensor`` is written down once as the
-``typing.Protocol`` :class:`MultiPassStep` (``isinstance(obj, MultiPassStep)`` holds for each of them and for
-:class:`trainwell.losses.ContrastiveGradCache`). It supports GradScaler, gradient accumulation (directions come
-from the current micro-batch only) and DDP (``ddp_model=``: extra passes run under ``no_sync()``).
+``typing.Protocol`` :class:`MultiPassStep` (``isinstance(obj, MultiPassStep)`` holds for each of them
+and for :class:`trainwell.losses.ContrastiveGradCache`). It supports GradScaler, gradient accumulation
+(directions come from the current micro-batch only) and DDP (``ddp_model=``: extra passes run under
+``no_sync()``).
 Flooding and R-Drop are losses: see :mod:`trainwell.losses`.
 """
 

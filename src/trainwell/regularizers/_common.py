@@ -101,11 +101,18 @@ def call_closure(closure: Callable[[], Any], *, fn: str) -> Tensor:
     if not isinstance(out, Tensor):
         fail(fn, "closure", "a callable returning the scalar loss tensor", out, exc=TypeError)
     if out.numel() != 1:
-        fail(fn, "closure", "a callable returning a scalar loss (reduce per-sample losses, e.g. .mean())", out)
+        fail(
+            fn, "closure", "a callable returning a scalar loss (reduce per-sample losses, e.g. .mean())", out
+        )
     if not out.is_floating_point():
         fail(fn, "closure", "a callable returning a floating-point loss", out, exc=TypeError)
     if not out.requires_grad:
-        fail(fn, "closure", "a callable returning a loss that requires grad (forward pass with grad enabled)", out)
+        fail(
+            fn,
+            "closure",
+            "a callable returning a loss that requires grad (forward pass with grad enabled)",
+            out,
+        )
     return out.reshape(())
 
 
@@ -218,8 +225,12 @@ class _CallCheck:
     def __exit__(self, *exc: Any) -> None:
         self._handle.remove()
         if exc[0] is None and self.calls == 0:
-            fail(self.fn, "embedding", "a module that closure() calls (its weight is what gets perturbed)",
-                 self.module)
+            fail(
+                self.fn,
+                "embedding",
+                "a module that closure() calls (its weight is what gets perturbed)",
+                self.module,
+            )
 
 
 class EmbeddingPerturbation:
@@ -235,7 +246,9 @@ class EmbeddingPerturbation:
         weight: Tensor = self.embedding.weight  # type: ignore[assignment]
         return weight
 
-    def _run(self, forward: Callable[[], _T], fn: str, deltas: Sequence[Tensor] | None) -> tuple[_T, list[Tensor]]:
+    def _run(
+        self, forward: Callable[[], _T], fn: str, deltas: Sequence[Tensor] | None
+    ) -> tuple[_T, list[Tensor]]:
         """Run one pass; return its result and the tensors a direction is taken against.
 
         Output mode: the embedding outputs (perturbed by ``deltas`` through :class:`OutputHook`).
@@ -248,15 +261,20 @@ class EmbeddingPerturbation:
             return result, hook.outputs
         weight = self._weight
         if not weight.requires_grad:
-            fail(fn, "embedding", "a module whose weight requires grad in mode='matrix' (use mode='output' "
-                 "for a frozen embedding)", self.embedding)
+            fail(
+                fn,
+                "embedding",
+                "a module whose weight requires grad in mode='matrix' (use mode='output' "
+                "for a frozen embedding)",
+                self.embedding,
+            )
         with _CallCheck(self.embedding, fn):
             result = forward()
         return result, [weight]
 
     @contextlib.contextmanager
     def _applied(self, deltas: Sequence[Tensor] | None) -> Iterator[None]:
-        """Matrix mode: weight += delta in place for the block (restored by copy). Output mode: the hook adds it."""
+        """Matrix mode: weight += delta in place for the block (restored by copy); output mode: the hook."""
         if self.mode == "matrix" and deltas is not None:
             with perturbed_weight(self._weight, deltas[0]):
                 yield
@@ -306,7 +324,9 @@ class EmbeddingAttack(EmbeddingPerturbation):
         self.perturbed: bool = False
 
     # ------------------------------------------------------------------------------------- helpers
-    def _pass(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+    def _pass(
+        self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None
+    ) -> tuple[Tensor, list[Tensor]]:
         """Run ``closure`` once; return the loss and the tensors the direction is taken against."""
         return self._run(lambda: call_closure(closure, fn=fn), fn, deltas)
 
@@ -380,9 +400,7 @@ class EmbeddingAttack(EmbeddingPerturbation):
             return unit(g, per_sample=True)
         return normalize(g, per_sample=False, eps=1e-8)
 
-    def _start(
-        self, closure: Any, backward: Any, scaler: Any
-    ) -> tuple[str, BackwardFn, float, RngReplay]:
+    def _start(self, closure: Any, backward: Any, scaler: Any) -> tuple[str, BackwardFn, float, RngReplay]:
         fn = f"{self._name}.step"
         check_callable("closure", closure, fn=fn)
         do_backward = resolve_backward(backward, scaler, fn=fn)

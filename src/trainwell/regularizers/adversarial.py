@@ -82,7 +82,12 @@ class FGM(EmbeddingAttack):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__(
-            embedding, epsilon=epsilon, mode=mode, ddp_model=ddp_model, replay_rng=replay_rng, freeze_bn=freeze_bn
+            embedding,
+            epsilon=epsilon,
+            mode=mode,
+            ddp_model=ddp_model,
+            replay_rng=replay_rng,
+            freeze_bn=freeze_bn,
         )
         self.include_clean_loss: bool = check_bool("include_clean_loss", include_clean_loss, fn=self._name)
 
@@ -151,7 +156,12 @@ class PGD(EmbeddingAttack):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__(
-            embedding, epsilon=epsilon, mode=mode, ddp_model=ddp_model, replay_rng=replay_rng, freeze_bn=freeze_bn
+            embedding,
+            epsilon=epsilon,
+            mode=mode,
+            ddp_model=ddp_model,
+            replay_rng=replay_rng,
+            freeze_bn=freeze_bn,
         )
         self.alpha: float = check_finite_number("alpha", alpha, fn=self._name, min=0.0, min_inclusive=False)
         steps_v = check_int("steps", steps, fn=self._name, min=1)
@@ -190,7 +200,11 @@ class PGD(EmbeddingAttack):
             if k == self.steps - 1:
                 break
             rng.replay()
-            with sync_context(self.ddp_model, sync=False), self._applied(rs), freeze_bn_stats(enabled=self.freeze_bn):
+            with (
+                sync_context(self.ddp_model, sync=False),
+                self._applied(rs),
+                freeze_bn_stats(enabled=self.freeze_bn),
+            ):
                 adv, adv_targets = self._pass(closure, fn, rs)
                 grads = self._grads(adv, adv_targets, scale)
             if not self._finite(grads):

@@ -69,7 +69,9 @@ def capture_embedding_output(embedding: nn.Module) -> Iterator[list[Tensor]]:
 
 
 def _as_tensor_list(name: str, value: Any, fn: str) -> list[Tensor]:
-    items = [value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else None
+    items = (
+        [value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else None
+    )
     if not items:
         fail(fn, name, "a tensor or a non-empty list/tuple of tensors", value, exc=TypeError)
     for t in items:
@@ -177,10 +179,14 @@ def gradient_penalty(
     if not loss.requires_grad:
         fail(fn, "loss", "a loss that requires grad (computed from 'inputs')", loss)
     if eps == 0.0:
-        return loss.new_zeros((), dtype=torch.float32 if loss.dtype in (torch.float16, torch.bfloat16) else loss.dtype)
+        return loss.new_zeros(
+            (), dtype=torch.float32 if loss.dtype in (torch.float16, torch.bfloat16) else loss.dtype
+        )
     scale = grad_scale(scaler)
     total = loss.sum() if loss.numel() != 1 else loss.reshape(())
-    grads = torch.autograd.grad(total * scale if scale != 1.0 else total, xs, create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        total * scale if scale != 1.0 else total, xs, create_graph=True, allow_unused=True
+    )
     if all(g is None for g in grads):
         fail(fn, "inputs", "tensor(s) that 'loss' depends on", xs[0])
     _check_twice_differentiable(grads, fn)
@@ -229,7 +235,12 @@ class FastGradientPenalty(EmbeddingAttack):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__(
-            embedding, epsilon=epsilon, mode="output", ddp_model=ddp_model, replay_rng=replay_rng, freeze_bn=freeze_bn
+            embedding,
+            epsilon=epsilon,
+            mode="output",
+            ddp_model=ddp_model,
+            replay_rng=replay_rng,
+            freeze_bn=freeze_bn,
         )
         self.per_sample: bool = check_bool("per_sample", per_sample, fn=self._name)
 
@@ -251,7 +262,9 @@ class FastGradientPenalty(EmbeddingAttack):
         loss, grads = self._clean(closure, fn, do_backward, scale)
         deltas = None
         if self._finite(grads):
-            deltas = [self.epsilon * (g * g.shape[0] if self.per_sample and g.dim() >= 1 else g) for g in grads]
+            deltas = [
+                self.epsilon * (g * g.shape[0] if self.per_sample and g.dim() >= 1 else g) for g in grads
+            ]
         self._final(closure, fn, do_backward, deltas, rng)
         return loss.detach()
 
@@ -307,7 +320,9 @@ def parameter_gradient_penalty(
         fail(fn, "loss", "a loss that requires grad", loss)
     scale = grad_scale(scaler)
     total = loss.reshape(())
-    grads = torch.autograd.grad(total * scale if scale != 1.0 else total, ps, create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        total * scale if scale != 1.0 else total, ps, create_graph=True, allow_unused=True
+    )
     _check_twice_differentiable(grads, fn)
     if scale != 1.0:
         grads = tuple(None if g is None else g * (1.0 / scale) for g in grads)
@@ -378,7 +393,9 @@ class ParameterGradientPenalty:
             loss = call_closure(closure, fn=fn)
             gs = torch.autograd.grad(loss * scale if scale != 1.0 else loss, self.params, allow_unused=True)
         grads = [
-            torch.zeros_like(p) if g is None else (g.float() if g.dtype in (torch.float16, torch.bfloat16) else g) / scale
+            torch.zeros_like(p)
+            if g is None
+            else (g.float() if g.dtype in (torch.float16, torch.bfloat16) else g) / scale
             for g, p in zip(gs, self.params)
         ]
         gnorm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))

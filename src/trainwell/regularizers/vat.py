@@ -51,7 +51,9 @@ _NORMS = ("per_sample", "global")
 
 def _kl_rows(target_logits: Tensor, logits: Tensor) -> Tensor:
     """``KL(softmax(target) ‖ softmax(logits))`` per row of the last dim, in float32 (float64 kept)."""
-    lp = F.log_softmax(target_logits.float() if target_logits.dtype != torch.float64 else target_logits, dim=-1)
+    lp = F.log_softmax(
+        target_logits.float() if target_logits.dtype != torch.float64 else target_logits, dim=-1
+    )
     lq = F.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1)
 
@@ -127,8 +129,12 @@ def vat_perturbation(
             with torch.no_grad():
                 logits = model(x)
         target = logits.detach()
-        d = torch.randn(x.shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype,
-                        device=x.device, generator=generator)
+        d = torch.randn(
+            x.shape,
+            dtype=torch.float32 if x.dtype != torch.float64 else x.dtype,
+            device=x.device,
+            generator=generator,
+        )
         with autocast_off(x.device.type), torch.enable_grad():
             for _ in range(k):
                 d = (xi_v * unit(d, per_sample)).requires_grad_(True)
@@ -181,8 +187,15 @@ def vat_loss(
     if grad_through_target and logits is None:
         fail(fn, "logits", "the clean logits (with grad) when grad_through_target=True", logits)
     r_adv = vat_perturbation(
-        model, inputs, logits, epsilon=epsilon, xi=xi, power_iterations=power_iterations, norm=norm,
-        freeze_bn=freeze_bn, generator=generator,
+        model,
+        inputs,
+        logits,
+        epsilon=epsilon,
+        xi=xi,
+        power_iterations=power_iterations,
+        norm=norm,
+        freeze_bn=freeze_bn,
+        generator=generator,
     )
     module = model if isinstance(model, nn.Module) else None
     if logits is None:
@@ -204,13 +217,22 @@ def _split_output(out: Any, fn: str) -> tuple[Tensor | None, Tensor]:
     elif hasattr(out, "logits"):
         loss, logits = getattr(out, "loss", None), out.logits
     else:
-        fail(fn, "closure", "a callable returning logits, (loss, logits) or an output with .logits", out,
-             exc=TypeError)
+        fail(
+            fn,
+            "closure",
+            "a callable returning logits, (loss, logits) or an output with .logits",
+            out,
+            exc=TypeError,
+        )
     if not isinstance(logits, Tensor) or not logits.is_floating_point():
         fail(fn, "closure", "a callable whose logits are a floating tensor [..., C]", logits, exc=TypeError)
     if logits.dim() == 0:
-        fail(fn, "closure", "a callable returning logits [..., C] (a scalar is not logits; return (loss, logits))",
-             logits)
+        fail(
+            fn,
+            "closure",
+            "a callable returning logits [..., C] (a scalar is not logits; return (loss, logits))",
+            logits,
+        )
     if loss is not None:
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             fail(fn, "closure", "a callable whose supervised loss is a scalar tensor", loss)
@@ -286,8 +308,12 @@ class VAT(EmbeddingPerturbation):
         self.norm: str = check_choice("norm", norm, _NORMS, fn=fn)
         self.grad_through_target: bool = check_bool("grad_through_target", grad_through_target, fn=fn)
         if self.grad_through_target and self.mode == "matrix":
-            fail(fn, "grad_through_target", "False in mode='matrix' (the in-place weight perturbation "
-                 "would invalidate the clean graph)", grad_through_target)
+            fail(
+                fn,
+                "grad_through_target",
+                "False in mode='matrix' (the in-place weight perturbation would invalidate the clean graph)",
+                grad_through_target,
+            )
         self.ddp_model = check_ddp_model(ddp_model, fn=fn)
         self.replay_rng: bool = check_bool("replay_rng", replay_rng, fn=fn)
         self.last_perturbation: list[Tensor] | None = None
@@ -295,9 +321,9 @@ class VAT(EmbeddingPerturbation):
         self.last_supervised_loss: Tensor | None = None
 
     # ------------------------------------------------------------------------------------------ passes
-    def _forward(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[
-        Tensor | None, Tensor, list[Tensor]
-    ]:
+    def _forward(
+        self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None
+    ) -> tuple[Tensor | None, Tensor, list[Tensor]]:
         (loss, logits), targets = self._run(lambda: _split_output(closure(), fn), fn, deltas)
         return loss, logits, targets
 
@@ -333,14 +359,20 @@ class VAT(EmbeddingPerturbation):
                 rng.replay()
                 with torch.no_grad():
                     _, ref, _ = self._forward(closure, fn, None)
-            ds = [torch.randn(t.shape, dtype=torch.float32 if t.dtype != torch.float64 else t.dtype,
-                              device=t.device) for t in targets]
+            ds = [
+                torch.randn(
+                    t.shape, dtype=torch.float32 if t.dtype != torch.float64 else t.dtype, device=t.device
+                )
+                for t in targets
+            ]
             rng.mark_resume()
             unused: list[int] | None = None
             for _ in range(self.power_iterations):
                 ds = [self.xi * unit(d, per_sample) for d in ds]
                 # calls whose output never reaches the logits keep d = 0 (already reported)
-                if any(_vanished(t, d) for i, (t, d) in enumerate(zip(targets, ds)) if i not in (unused or ())):
+                if any(
+                    _vanished(t, d) for i, (t, d) in enumerate(zip(targets, ds)) if i not in (unused or ())
+                ):
                     _warn_vanished(self.xi)
                 if self.mode == "output":
                     ds = [d.requires_grad_(True) for d in ds]
@@ -353,7 +385,10 @@ class VAT(EmbeddingPerturbation):
                     unused = [i for i, g in enumerate(gs) if g is None]
                     if unused:
                         _warn_unused_calls(len(gs), unused)
-                ds = [torch.zeros_like(d) if g is None else g.detach().to(d.dtype) / self.xi for g, d in zip(gs, ds)]
+                ds = [
+                    torch.zeros_like(d) if g is None else g.detach().to(d.dtype) / self.xi
+                    for g, d in zip(gs, ds)
+                ]
         r_adv = [self.epsilon * unit(d.detach(), per_sample) for d in ds]
         if self.replay_rng:
             rng.replay()
