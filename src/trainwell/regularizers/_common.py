@@ -209,6 +209,16 @@ def perturbed_weight(weight: Tensor, delta: Tensor | None) -> Iterator[None]:
 _T = TypeVar("_T")
 
 
+def _directions(grads: Sequence[Tensor | None], targets: Sequence[Tensor], scale: float) -> list[Tensor]:
+    """Dense, float32-or-better, unscaled gradients; an unused target gets zeros."""
+    out = []
+    for g, t in zip(grads, targets):
+        g = torch.zeros_like(t) if g is None else dense(g)
+        g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+        out.append(g / scale if scale != 1.0 else g)
+    return out
+
+
 class _CallCheck:
     """Counts the calls of a module inside a block; raises the output-mode error when there is none."""
 
@@ -351,12 +361,7 @@ class EmbeddingAttack(EmbeddingPerturbation):
         """Gradient of ``loss`` w.r.t. ``targets`` without touching ``.grad`` (no DDP hook fires)."""
         scaled = loss * scale if scale != 1.0 else loss
         gs = torch.autograd.grad(scaled, list(targets), allow_unused=True)
-        out = []
-        for g, t in zip(gs, targets):
-            g = torch.zeros_like(t) if g is None else dense(g)
-            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-            out.append(g / scale if scale != 1.0 else g)
-        return out
+        return _directions(gs, targets, scale)
 
     @staticmethod
     def _backward_capture(
@@ -382,12 +387,7 @@ class EmbeddingAttack(EmbeddingPerturbation):
         finally:
             for h in handles:
                 h.remove()
-        out = []
-        for g, t in zip(captured, targets):
-            g = torch.zeros_like(t) if g is None else dense(g)
-            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-            out.append(g / scale if scale != 1.0 else g)
-        return out
+        return _directions(captured, targets, scale)
 
     @staticmethod
     def _finite(grads: Sequence[Tensor]) -> bool:
