@@ -138,3 +138,17 @@ def test_fail_message_stays_short_for_a_model_output() -> None:
         )
     msg = str(err.value)
     assert "Output('logits': Tensor(shape=(64, 1000)" in msg and len(msg) < 300
+
+
+def test_check_leading_dims() -> None:
+    v.check_leading_dims("a", torch.zeros(2, 3, 4), "b", torch.zeros(2, 3, 7), 1, fn="f")
+    v.check_leading_dims("a", torch.zeros(2, 3, 4), "b", torch.zeros(2, 5, 7), 2, fn="f")
+    with pytest.raises(ValueError, match=r"f\(\): argument 'b' must have the leading dims \(2, 3\)"):
+        v.check_leading_dims("a", torch.zeros(2, 3, 4), "b", torch.zeros(3, 3, 7), 1, fn="f")
+
+
+def test_overloads_narrow_without_asserts() -> None:
+    assert v.check_int("k", 3, fn="f", min=1) + 1 == 4  # typed int, not int | None
+    assert v.check_number("x", 2, fn="f") * 2.0 == 4.0
+    assert v.check_number("x", None, fn="f", allow_none=True) is None
+    assert v.check_finite_number("x", None, fn="f", allow_none=True) is None

@@ -23,6 +23,8 @@ from trainwell._validation import (
     check_broadcastable,
     check_finite_number,
     check_int,
+    check_labels,
+    check_leading_dims,
     check_number,
     check_reduction,
     check_same_shape,
@@ -579,21 +581,9 @@ def sparse_multilabel_categorical_crossentropy(
     check_tensor("pos_index", pos_index, fn=fn, kind="int", min_ndim=1)
     pad = check_int("pad_index", pad_index, fn=fn)
     reduction = check_reduction(reduction, fn=fn)
-    if tuple(pos_index.shape[:-1]) != tuple(input.shape[:-1]):
-        raise ValueError(
-            f"{fn}(): argument 'pos_index' must have leading dims {tuple(input.shape[:-1])} "
-            f"(those of 'input' {tuple(input.shape)}), got {tuple(pos_index.shape)}"
-        )
+    check_leading_dims("input", input, "pos_index", pos_index, 1, fn=fn)
     num_classes = input.shape[-1]
-    if not tracing() and pos_index.numel() > 0:
-        real = pos_index[pos_index != pad]
-        if real.numel() > 0:
-            lo, hi = int(real.min()), int(real.max())
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(
-                    f"{fn}(): argument 'pos_index' must hold class indices in [0, {num_classes}) or "
-                    f"pad_index={pad}, got {lo if lo < 0 else hi}"
-                )
+    check_labels("pos_index", pos_index, num_classes, fn=fn, ignore_index=pad)
     s = to_compute_dtype(input)
     lead = s.shape[:-1]
     if num_classes == 0:
