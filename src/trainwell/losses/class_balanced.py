@@ -49,6 +49,9 @@ def class_balanced_weights(
 
     Returns:
         ``[K]`` weights in ``dtype`` (default float32; computed in float64) with mean 1 (up to rounding).
+
+    Shape:
+        counts: ``[C]``; output: ``[C]``.
     """
     fn = "class_balanced_weights"
     c = _as_counts(counts, fn).clamp_min(1.0)
@@ -88,6 +91,10 @@ def class_balanced_cross_entropy(
         reduction: ``'none' | 'mean' | 'sum'``.
         ignore_index: target value to skip.
         label_smoothing: as in ``F.cross_entropy`` (applied before weighting by ``w_y``).
+
+    Shape:
+        input: ``[..., C]``; target: ``[...]``; weight: ``[C]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
     """
     fn = "class_balanced_cross_entropy"
     check_tensor("input", input, fn=fn, kind="float", min_ndim=1)

@@ -125,6 +125,10 @@ def symmetric_kl(
     Computed in float32 from log-softmax. ``pad_mask`` (True = padding) rows give 0 and are left
     out of the mean.
 
+    Shape:
+        logits1, logits2: ``[..., C]``; pad_mask: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/8496; arXiv:2106.14448.
     """
     fn = "symmetric_kl"
@@ -166,6 +170,10 @@ def rdrop_loss(
     the paper uses 1–5 by task). Token-level use: ``[B, L, C]`` logits with ``[B, L]`` targets; pad
     tokens (``target == ignore_index`` or ``pad_mask`` True) contribute nothing and ``'mean'`` averages
     over the remaining tokens.
+
+    Shape:
+        logits1, logits2: ``[..., C]``; target, pad_mask: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/8496; Liang et al., arXiv:2106.14448.
 

@@ -111,6 +111,10 @@ def info_nce_loss(
         The loss, float32 for half/bfloat16 or autocast inputs (float64 inputs stay float64). The
         similarities are computed with autocast disabled in float32 or better; masking uses -inf.
 
+    Shape:
+        query: ``[..., N, D]``; key: ``[..., M, D]``; target: ``[..., N]``.
+        output: ``[..., N]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/8471; InfoNCE arXiv:1807.03748; SimCSE arXiv:2104.08821.
     """
     fn = _FN

@@ -57,6 +57,9 @@ def dice_loss(
     remaining values. A slice with ``Σ(y + p) + ε = 0`` (nothing predicted, nothing present) has loss 0.
     Under DDP the statistic is per rank.
 
+    Shape:
+        input, target: the same shape; output for ``"none"``: that shape without ``dim`` (one value for ``dim=None``).
+
     Source: kexue.fm/archives/7708.
 
     Args:
@@ -101,6 +104,9 @@ def f1_weighted_cross_entropy(
     per-sample factor ``(2/D)·p`` (positives) / ``(2/D)(1 − p)`` (negatives), ``D = Σ(y + p)``.
     ``F`` is computed over ``dim`` (``None``: the whole batch; ``dim=0`` on ``[B, C]``: per class) and is
     per rank under DDP; a slice with ``Σ(y + p) = 0`` uses ``F = 0``.
+
+    Shape:
+        input, target: the same shape; output: that shape for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/7708.
 

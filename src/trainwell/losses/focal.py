@@ -53,6 +53,10 @@ def focal_loss(
     ``(1 − p_t)`` is computed as ``−expm1(log p_t)`` (accurate when ``p_t → 1``); ``γ = 0`` with
     ``alpha=None`` is exactly cross-entropy. ``'mean'`` averages over non-ignored rows.
 
+    Shape:
+        input: ``[..., C]`` logits; target: ``[...]`` class indices.
+        output: ``[...]`` for ``reduction="none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/4733; Lin et al., arXiv:1708.02002.
 
     Args:
@@ -104,6 +108,10 @@ def binary_focal_loss(
     the two terms linearly. ``γ = 0, alpha=None`` is exactly ``binary_cross_entropy_with_logits``.
     Su's remark (post 4733): α is an empirical knob; without the compute to tune it use ``None``
     (equivalent to α = 0.5 up to a factor 2); the paper's detector used α = 0.25, γ = 2.
+
+    Shape:
+        input: any shape; target: the same shape.
+        output: the shape of ``input`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/4733; arXiv:1708.02002.
 
@@ -207,6 +215,11 @@ def hard_truncated_loss(
     ``'mean'`` divides by the full count (truncated samples count as zeros). Weakness noted in the
     post: nothing keeps a sample above the threshold once it crosses it.
 
+    Shape:
+        input: ``[..., C]`` with target ``[...]`` (class indices), or any shape with a target of that
+        shape (binary).
+        output: the target's shape for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/4733, kexue.fm/archives/4293.
 
     Args:
@@ -247,6 +260,11 @@ def softened_truncated_loss(
     (differentiable, unlike the hard rule). With ``K = 1`` the binary form equals focal loss with
     γ = 1; for more than two classes the multi-class form does *not* equal focal γ = 1. As ``K → ∞``
     it tends to the hard truncation with threshold 0.5.
+
+    Shape:
+        input: ``[..., C]`` with target ``[...]`` (class indices), or any shape with a target of that
+        shape (binary).
+        output: the target's shape for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/4733.
 

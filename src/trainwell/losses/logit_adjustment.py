@@ -41,6 +41,9 @@ def log_prior_from_counts(counts: Tensor | Sequence[float]) -> Tensor:
 
     Returns:
         float32 tensor ``[K]`` on the device of ``counts`` (CPU for a sequence).
+
+    Shape:
+        counts: ``[C]``; output: ``[C]``.
     """
     c = _as_counts(counts, "log_prior_from_counts").clamp_min(1.0)
     return (c.log() - c.sum().log()).float()
@@ -67,6 +70,10 @@ def logit_adjusted_cross_entropy(
     ``L = −log softmax(f + τ log p)_y = log[1 + Σ_{i≠y} (p_i/p_y)^τ e^{f_i − f_y}]``: rare classes get
     larger margins. At test time use ``argmax f`` for balanced (per-class) accuracy, or ``argmax f + τ log p``
     for accuracy on the training distribution. Equals plain CE for ``τ = 0`` or a uniform prior.
+
+    Shape:
+        input: ``[..., C]``; target: ``[...]`` indices or ``[..., C]`` probabilities; log_prior: ``[C]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/7615; Menon et al., arXiv:2007.07314.
 
@@ -122,6 +129,9 @@ def _cross_entropy(
 
 def posthoc_logit_adjust(logits: Tensor, log_prior: Tensor, tau: float = 1.0) -> Tensor:
     """Post-hoc logit adjustment of a plain-CE model: ``logits − τ·log p`` (argmax → balanced accuracy).
+
+    Shape:
+        logits: ``[..., C]``; log_prior: ``[C]``; output: ``[..., C]``.
 
     Source: kexue.fm/archives/7615; Menon et al., arXiv:2007.07314. Returns float32 (float64 stays).
     """

@@ -43,6 +43,9 @@ def am_softmax_psi(cosine: Tensor, margin: float = 0.35, psi: str = "additive") 
 
     ``'additive'``: ``cos θ − m`` (AM-Softmax). ``'simpler'`` (the post's "simpler-a-softmax"):
     ``min(cos 4θ, cos θ)`` with ``cos 4θ = 1 − 8cos²θ + 8cos⁴θ``; ``margin`` is not used.
+
+    Shape:
+        cosine: any shape; output: the same shape.
     """
     if psi == "additive":
         return cosine - margin
@@ -89,6 +92,10 @@ def am_softmax_loss(
     ``m = 0`` is plain softmax CE on ``s·cos``. With ``psi='simpler'`` the target cosine becomes
     ``min(cos 4θ, cos θ)`` instead ("simpler-a-softmax", ``margin`` unused). Computed in float32.
     Defaults ``s = 30, m = 0.35`` (the AM-Softmax paper's, used by the post).
+
+    Shape:
+        cosine: ``[..., C]``; target: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/5743; arXiv:1801.05599.
 

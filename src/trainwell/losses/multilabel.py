@@ -262,6 +262,10 @@ def multilabel_categorical_crossentropy(
     calibrated probability of a trained model is ``σ(2(s - threshold))`` (see :func:`zlpr_probabilities`),
     not ``σ(s)``. Empty ``P`` or ``N`` and fully masked rows are fine (a fully masked row gives 0).
 
+    Shape:
+        input: ``[..., C]``; target: ``[..., C]`` (0/1, bool or soft); mask: broadcastable to input.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/7359, kexue.fm/archives/9064; paper arXiv:2208.02955.
 
     Args:
@@ -361,6 +365,9 @@ def zlpr_probabilities(input: Tensor, threshold: float = 0.0) -> Tensor:
 
     The soft ZLPR loss is minimised at ``s* = ½ logit(t)`` (post 9064), so ``σ(2s)``, not ``σ(s)``,
     recovers the target probability; ``s > threshold`` ⇔ probability > 0.5.
+
+    Shape:
+        input: ``[..., C]``; output: ``[..., C]``.
     """
     fn = "zlpr_probabilities"
     check_tensor("input", input, fn=fn, kind="float")
@@ -420,6 +427,10 @@ def multilabel_rank_loss(
     Every positive must outscore every negative; use it when the number of labels per row is fixed
     (predict top-k). With a single positive, ``γ=1, m=0`` it is exactly softmax cross-entropy. Rows with
     no positives or no negatives give 0.
+
+    Shape:
+        input: ``[..., C]``; target: ``[..., C]``; mask: broadcastable to input.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/7359; Circle Loss arXiv:2002.10857.
 
@@ -567,6 +578,10 @@ def sparse_multilabel_categorical_crossentropy(
     corresponds to ``pad_index=0``). Scores of classes to exclude entirely may be set to ``-inf``.
     GlobalPointer scores ``[B, heads, L, L]``: flatten to ``[B, heads, L*L]`` (span ``(i, j)`` is
     class ``i*L + j``).
+
+    Shape:
+        input: ``[..., C]``; pos_index: ``[..., P]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/8888; ZLPR arXiv:2208.02955.
 

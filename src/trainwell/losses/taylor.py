@@ -58,6 +58,9 @@ def taylor_softmax(input: Tensor, order: int = 2, dim: int = -1, *, monotone: bo
     so very negative logits would otherwise get *more* mass than moderately negative ones); the post
     reports no evidence that the non-monotone default hurts.
 
+    Shape:
+        input: any shape; output: the same shape (normalized along ``dim``).
+
     Source: kexue.fm/archives/7919; arXiv:2011.11538.
 
     Args:
@@ -92,6 +95,10 @@ def taylor_cross_entropy(
 
     ``log f_n`` is finite because ``f_n ≥ f_n(x_n*) > 0`` for even ``n``. See :func:`taylor_softmax`.
     Rows whose target equals ``ignore_index`` contribute 0 and are left out of the mean.
+
+    Shape:
+        input: ``[..., C]``; target: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/7919; arXiv:2011.11538.
 
