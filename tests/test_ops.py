@@ -91,3 +91,30 @@ def test_autocast_off_and_compute_dtype() -> None:
         pass
     assert compute_dtype(x.half(), None) == torch.float32
     assert compute_dtype(x, x.double()) == torch.float64
+
+
+def test_old_private_paths_still_import() -> None:
+    """Parallel branches import these; they moved to _ops/_hooks/_step but stay importable."""
+    from trainwell import _hooks, _ops, _step
+    from trainwell.losses.contrastive import _autocast_off, _RngState
+    from trainwell.regularizers._common import (
+        BackwardFn,
+        OutputHook,
+        RngReplay,
+        autocast_enabled,
+        grad_scale,
+        resolve_backward,
+    )
+    from trainwell.regularizers.adversarial import _EmbeddingAttack
+    from trainwell.regularizers.vat import _no_autocast
+
+    assert OutputHook is _hooks.OutputHook and RngReplay is _ops.RngReplay
+    assert _no_autocast is _ops.autocast_off and _autocast_off is _ops.autocast_off
+    assert resolve_backward is _step.resolve_backward and grad_scale is _step.grad_scale
+    assert BackwardFn is _step.BackwardFn and autocast_enabled is _ops.autocast_enabled
+    assert _EmbeddingAttack.__name__ == "EmbeddingAttack"
+    torch.manual_seed(0)
+    state = _RngState()
+    a = torch.rand(2)
+    with state.replay():
+        assert torch.equal(torch.rand(2), a)

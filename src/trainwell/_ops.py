@@ -122,6 +122,9 @@ class RngReplay:
 
     def replay(self) -> None:
         """Set the generators to the snapshot."""
+        self._set()
+
+    def _set(self) -> None:
         if self._cpu is None:
             return
         torch.set_rng_state(self._cpu)
@@ -136,7 +139,7 @@ class RngReplay:
             return
         devices = list(range(len(self._cuda))) if self._cuda is not None else []
         with torch.random.fork_rng(devices=devices):
-            self.replay()
+            self._set()
             yield
 
     def mark_resume(self) -> None:

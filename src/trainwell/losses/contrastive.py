@@ -355,6 +355,16 @@ def _call(
     return out
 
 
+class _RngState(RngReplay):
+    """The old private snapshot class, kept importable: ``with state.replay():`` is ``replayed()``."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+
+    def replay(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return self.replayed()
+
+
 class ContrastiveGradCache:
     r"""Exact large-batch gradient of an in-batch contrastive loss with chunk-sized memory.
 

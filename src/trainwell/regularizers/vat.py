@@ -68,6 +68,10 @@ def _warn_vanished(xi: float) -> None:
     )
 
 
+# one autocast-off helper for the library (trainwell._ops); the old private name stays importable
+_no_autocast = autocast_off
+
+
 def _warn_unused_calls(calls: int, unused: Sequence[int]) -> None:
     warnings.warn(
         f"VAT.step: closure() called the embedding {calls} times, but the logits it returns do not depend "
