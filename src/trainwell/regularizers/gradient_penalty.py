@@ -163,6 +163,10 @@ def gradient_penalty(
     Returns:
         The penalty (float32 for half inputs), differentiable w.r.t. the parameters.
 
+    Shape:
+        loss: a scalar (or ``[B]`` with ``per_sample=True``); inputs: ``[B, ...]`` tensor(s).
+        output: a scalar.
+
     Source: kexue.fm/archives/7234, kexue.fm/archives/7466; Ross & Doshi-Velez arXiv 1711.09404.
     """
     fn = "gradient_penalty"
@@ -311,6 +315,9 @@ def parameter_gradient_penalty(
 
     Returns:
         The penalty (float32 for half parameters), differentiable.
+
+    Shape:
+        loss: a scalar; output: a scalar.
     """
     fn = "parameter_gradient_penalty"
     check_scalar_tensor("loss", loss, fn=fn)

@@ -116,6 +116,9 @@ def vat_perturbation(
         power_iterations: K ≥ 0 (default 1). norm: ``'per_sample'`` or ``'global'``.
         freeze_bn: keep BatchNorm running statistics unchanged (default True).
         generator: optional RNG for the initial direction.
+
+    Shape:
+        inputs: ``[B, ...]``; logits: ``[..., C]``; output: the shape of ``inputs``.
     """
     fn = "vat_perturbation"
     check_callable("model", model, fn=fn)
@@ -182,6 +185,10 @@ def vat_loss(
 
     Returns:
         LDS in float32, ≥ 0, differentiable w.r.t. the model parameters.
+
+    Shape:
+        inputs: ``[B, ...]``; logits: ``[..., C]``.
+        output: ``[...]`` (the logits' leading dims) for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/7466; arXiv 1704.03976.
     """
