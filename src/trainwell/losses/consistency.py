@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainwell._ops import apply_reduction
+from trainwell._ops import apply_reduction, compute_dtype
 from trainwell._validation import (
     check_callable,
     check_choice,
@@ -139,7 +139,7 @@ def symmetric_kl(
     if pad_mask is not None:
         check_tensor("pad_mask", pad_mask, fn=fn, kind="bool")
         check_shape_prefix("logits1", logits1, "pad_mask", pad_mask, fn=fn)
-    dt = torch.float64 if logits1.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(logits1)
     lp1 = torch.log_softmax(logits1.to(dt), dim=-1)
     lp2 = torch.log_softmax(logits2.to(dt), dim=-1)
     kl = _kl_both(lp1, lp2)
@@ -200,7 +200,7 @@ def rdrop_loss(
     if pad_mask is not None:
         check_tensor("pad_mask", pad_mask, fn=fn, kind="bool")
         check_same_shape("target", target, "pad_mask", pad_mask, fn=fn)
-    dt = torch.float64 if logits1.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(logits1)
     lp1 = torch.log_softmax(logits1.to(dt), dim=-1)
     lp2 = torch.log_softmax(logits2.to(dt), dim=-1)
     keep = _keep_mask(target, pad_mask, ignore_index)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction, float32
+from trainwell._ops import apply_reduction, to_compute_dtype
 from trainwell._validation import (
     check_choice,
     check_int,
@@ -63,7 +63,7 @@ def _am_core(
     label_smoothing: float,
     reduction: str,
 ) -> Tensor:
-    cos = cosine if cosine.dtype == torch.float64 else float32(cosine).float()
+    cos = to_compute_dtype(cosine)
     num_classes = cos.shape[-1]
     t = target.long().unsqueeze(-1)
     # Only the target column changes: scatter its transformed value into the scaled cosines.
@@ -177,7 +177,7 @@ class AMSoftmax(Loss):
         check_tensor("embeddings", embeddings, fn=fn, kind="float", min_ndim=1)
         if embeddings.shape[-1] != self.in_features:
             fail(fn, "embeddings", f"a tensor whose last dim is in_features={self.in_features}", embeddings)
-        z = embeddings if embeddings.dtype == torch.float64 else float32(embeddings).float()
+        z = to_compute_dtype(embeddings)
         w = self.weight.to(z.dtype)
         return F.linear(F.normalize(z, dim=-1, eps=1e-12), F.normalize(w, dim=-1, eps=1e-12))
 

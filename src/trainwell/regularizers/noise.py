@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction
+from trainwell._ops import apply_reduction, compute_dtype, to_compute_dtype
 from trainwell._validation import (
     check_bool,
     check_callable,
@@ -272,7 +272,7 @@ def jacobian_penalty(
     f = outputs if w is None else outputs * w.sqrt()
     flat = f.reshape(f.shape[0], -1)
     total = inputs.new_zeros(
-        inputs.shape[0], dtype=torch.float32 if inputs.dtype != torch.float64 else inputs.dtype
+        inputs.shape[0], dtype=compute_dtype(inputs)
     )
     for i in range(flat.shape[1]):
         (g,) = torch.autograd.grad(
@@ -328,8 +328,8 @@ def noise_consistency_loss(
     noisy = model(x + s * eps)
     ref = clean.repeat_interleave(k, dim=0)
     if kind == "kl":
-        lp = F.log_softmax(ref.float() if ref.dtype != torch.float64 else ref, dim=-1)
-        lq = F.log_softmax(noisy.float() if noisy.dtype != torch.float64 else noisy, dim=-1)
+        lp = F.log_softmax(to_compute_dtype(ref), dim=-1)
+        lq = F.log_softmax(to_compute_dtype(noisy), dim=-1)
         per = (lp.exp() * (lp - lq)).sum(-1)
     else:
         diff = noisy.float() - ref.float() if noisy.dtype != torch.float64 else noisy - ref

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction
+from trainwell._ops import apply_reduction, compute_dtype, to_compute_dtype
 from trainwell._validation import (
     check_bool,
     check_callable,
@@ -51,10 +51,8 @@ _NORMS = ("per_sample", "global")
 
 def _kl_rows(target_logits: Tensor, logits: Tensor) -> Tensor:
     """``KL(softmax(target) ‖ softmax(logits))`` per row of the last dim, in float32 (float64 kept)."""
-    lp = F.log_softmax(
-        target_logits.float() if target_logits.dtype != torch.float64 else target_logits, dim=-1
-    )
-    lq = F.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
+    lp = F.log_softmax(to_compute_dtype(target_logits), dim=-1)
+    lq = F.log_softmax(to_compute_dtype(logits), dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
@@ -138,7 +136,7 @@ def vat_perturbation(
         target = logits.detach()
         d = torch.randn(
             x.shape,
-            dtype=torch.float32 if x.dtype != torch.float64 else x.dtype,
+            dtype=compute_dtype(x),
             device=x.device,
             generator=generator,
         )
@@ -372,7 +370,7 @@ class VAT(EmbeddingPerturbation):
                     _, ref, _ = self._forward(closure, fn, None)
             ds = [
                 torch.randn(
-                    t.shape, dtype=torch.float32 if t.dtype != torch.float64 else t.dtype, device=t.device
+                    t.shape, dtype=compute_dtype(t), device=t.device
                 )
                 for t in targets
             ]
