@@ -645,3 +645,27 @@ def test_functional_accum_adamw_matches_the_class(foreach: bool) -> None:
         torch.testing.assert_close(a, b, atol=0, rtol=0) if not foreach else torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="'update_step'"):
         accum_adamw(params, grads, ms, vs, 0, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_functional_accum_sgdm_matches_the_class(foreach: bool) -> None:
+    from trainwell.optim import accum_sgdm
+
+    torch.manual_seed(3)
+    init = [torch.randn(9, 7), torch.randn(5)]
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = AccumSGDM(params, lr=1e-2, momentum=0.9, weight_decay=0.1, accum_steps=2)
+    flat = [p.clone() for p in init]
+    bufs = [torch.zeros_like(p) for p in flat]
+    g = torch.Generator().manual_seed(4)
+    for i in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in flat]
+        for p, gr in zip(params, grads):
+            p.grad = gr.clone()
+        opt.step()
+        accum_sgdm(flat, grads, bufs, lr=1e-2, momentum=0.9, weight_decay=0.1, accum_steps=2,
+                   first=i % 2 == 0, last=i % 2 == 1, foreach=foreach)
+    for a, b in zip(flat, params):
+        torch.testing.assert_close(a, b.detach(), atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match="'grads'"):
+        accum_sgdm(flat, grads[:1], bufs, lr=1e-2)

@@ -58,7 +58,8 @@ def dice_loss(
     Under DDP the statistic is per rank.
 
     Shape:
-        input, target: the same shape; output for ``"none"``: that shape without ``dim`` (one value for ``dim=None``).
+        input, target: the same shape; output for ``"none"``: that shape without ``dim`` (one value
+        for ``dim=None``).
 
     Source: kexue.fm/archives/7708.
 

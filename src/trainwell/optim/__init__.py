@@ -11,6 +11,7 @@ from trainwell.optim.accumulate import (
     AccumSGDM,
     UpdateStepScheduler,
     accum_adamw,
+    accum_sgdm,
     enable_update_in_backward,
 )
 from trainwell.optim.clip import Clipped, clip_coefficient, clip_grad_norm_
@@ -36,6 +37,7 @@ __all__ = [
     "UpdateStepScheduler",
     "ZerothOrder",
     "accum_adamw",
+    "accum_sgdm",
     "clip_coefficient",
     "clip_grad_norm_",
     "enable_update_in_backward",

@@ -22,7 +22,14 @@ from torch.optim import Optimizer
 from trainwell._validation import check_bool, check_int, check_number, fail
 from trainwell.optim._foreach import default_foreach
 
-__all__ = ["AccumAdamW", "AccumSGDM", "UpdateStepScheduler", "accum_adamw", "enable_update_in_backward"]
+__all__ = [
+    "AccumAdamW",
+    "AccumSGDM",
+    "UpdateStepScheduler",
+    "accum_adamw",
+    "accum_sgdm",
+    "enable_update_in_backward",
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -435,51 +442,107 @@ class AccumSGDM(_AccumOptimizer):
     ) -> None:
         st = self._state(p)
         st["step"] += 1
-        buf = st["momentum_buffer"]
-        k = self._accum_steps
-        if first:
-            if group["momentum"] == 0.0:
-                buf.zero_()
-            else:
-                buf.mul_(group["momentum"])
-        if grad is not None:
-            g = grad.to(buf.dtype) if grad.dtype != buf.dtype else grad
-            if group["maximize"]:
-                g = -g
-            if group["weight_decay"] != 0.0:
-                g = g.add(p.to(buf.dtype), alpha=group["weight_decay"])
-            buf.add_(g, alpha=(1.0 - group["dampening"]) / k)
-        elif group["weight_decay"] != 0.0:
-            buf.add_(p.to(buf.dtype), alpha=group["weight_decay"] * (1.0 - group["dampening"]) / k)
+        _sgdm_fold_single(p, st["momentum_buffer"], grad, group, self._accum_steps, first)
 
     def _update_foreach(
         self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any], first: bool, last: bool
     ) -> None:
         states = [self.state[p] for p in params]
-        bufs = [s["momentum_buffer"] for s in states]
         torch._foreach_add_([s["step"] for s in states], 1.0)
-        k = self._accum_steps
-        if first:
-            if group["momentum"] == 0.0:
-                torch._foreach_zero_(bufs)
-            else:
-                torch._foreach_mul_(bufs, group["momentum"])
-        if group["maximize"]:
-            grads = list(torch._foreach_neg(grads))
-        if group["weight_decay"] != 0.0:
-            grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
-        torch._foreach_add_(bufs, grads, alpha=(1.0 - group["dampening"]) / k)
+        bufs = [s["momentum_buffer"] for s in states]
+        _sgdm_fold_foreach(params, bufs, grads, group, self._accum_steps, first)
 
     def _apply_update(self, group: dict[str, Any], params: list[Tensor], last: bool) -> None:
-        lr = group["lr"]
         for p in params:
             st = self._state(p)
             st["update_step"] += 1
-            buf = st["momentum_buffer"]
-            if p.dtype != buf.dtype:
-                p.copy_(p.to(buf.dtype).add_(buf, alpha=-lr))
-            else:
-                p.add_(buf, alpha=-lr)
+            _sgdm_apply(p, st["momentum_buffer"], group["lr"])
+
+
+# ------------------------------------------------------------------------------ SGD-momentum kernels
+
+
+def _sgdm_fold_single(
+    p: Tensor, buf: Tensor, grad: Tensor | None, group: dict[str, Any], k: int, first: bool
+) -> None:
+    if first:
+        if group["momentum"] == 0.0:
+            buf.zero_()
+        else:
+            buf.mul_(group["momentum"])
+    if grad is not None:
+        g = grad.to(buf.dtype) if grad.dtype != buf.dtype else grad
+        if group["maximize"]:
+            g = -g
+        if group["weight_decay"] != 0.0:
+            g = g.add(p.to(buf.dtype), alpha=group["weight_decay"])
+        buf.add_(g, alpha=(1.0 - group["dampening"]) / k)
+    elif group["weight_decay"] != 0.0:
+        buf.add_(p.to(buf.dtype), alpha=group["weight_decay"] * (1.0 - group["dampening"]) / k)
+
+
+def _sgdm_fold_foreach(
+    params: list[Tensor], bufs: list[Tensor], grads: list[Tensor], group: dict[str, Any], k: int, first: bool
+) -> None:
+    if first:
+        if group["momentum"] == 0.0:
+            torch._foreach_zero_(bufs)
+        else:
+            torch._foreach_mul_(bufs, group["momentum"])
+    if group["maximize"]:
+        grads = list(torch._foreach_neg(grads))
+    if group["weight_decay"] != 0.0:
+        grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
+    torch._foreach_add_(bufs, grads, alpha=(1.0 - group["dampening"]) / k)
+
+
+def _sgdm_apply(p: Tensor, buf: Tensor, lr: float) -> None:
+    if p.dtype != buf.dtype:
+        p.copy_(p.to(buf.dtype).add_(buf, alpha=-lr))
+    else:
+        p.add_(buf, alpha=-lr)
+
+
+def accum_sgdm(
+    params: list[Tensor],
+    grads: list[Tensor | None],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    accum_steps: int = 1,
+    first: bool = True,
+    last: bool = True,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> None:
+    """Functional AccumSGDM micro-step on lists of tensors (what :class:`AccumSGDM` runs), in place.
+
+    ``buf ← momentum·buf`` when ``first``; ``buf ← buf + (1-dampening)/k·(g + wd·θ)``; ``θ ← θ − lr·buf``
+    when ``last``. A ``None`` gradient counts as zero. ``first = last = True`` with ``accum_steps=1`` and
+    ``dampening=0`` is one ``torch.optim.SGD(momentum=...)`` step from a zero-initialised buffer.
+
+    Shape: ``momentum_buffers[i]`` is shaped like ``params[i]`` (float32 for half parameters).
+
+    Source: kexue.fm/archives/8634.
+    """
+    fn = "accum_sgdm"
+    k = check_int("accum_steps", accum_steps, fn=fn, min=1)
+    if not (len(params) == len(grads) == len(momentum_buffers)):
+        fail(fn, "grads", f"lists as long as 'params' ({len(params)})", [len(grads), len(momentum_buffers)])
+    group = dict(lr=float(lr), momentum=float(momentum), dampening=float(dampening),
+                 weight_decay=float(weight_decay), maximize=maximize)
+    use_foreach = default_foreach(params) if foreach is None else bool(foreach)
+    if use_foreach and all(g is not None for g in grads):
+        _sgdm_fold_foreach(params, momentum_buffers, [g for g in grads if g is not None], group, k, first)
+    else:
+        for p, g, buf in zip(params, grads, momentum_buffers):
+            _sgdm_fold_single(p, buf, g, group, k, first)
+    if last:
+        for p, buf in zip(params, momentum_buffers):
+            _sgdm_apply(p, buf, float(lr))
 
 
 class AccumAdamW(_AccumOptimizer):
