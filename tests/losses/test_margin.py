@@ -165,7 +165,8 @@ def test_bad_inputs() -> None:
 def test_module_checks_the_label_range_like_the_functional() -> None:
     """Regression (issue 8): AMSoftmax.forward did not check the label range as am_softmax_loss does."""
     head = AMSoftmax(4, 3)
-    with pytest.raises(ValueError, match=r"AMSoftmax\(\): argument 'target' must hold class indices in \[0, 3\)"):
+    msg = r"AMSoftmax\(\): argument 'target' must hold class indices in \[0, 3\)"
+    with pytest.raises(ValueError, match=msg):
         head(torch.randn(2, 4), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="'target'"):
         am_softmax_loss(torch.rand(2, 3), torch.tensor([0, -1]))
