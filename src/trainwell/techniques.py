@@ -104,6 +104,8 @@ class Technique:
             fail(fn, "params", "a mapping of keyword -> value or None", self.params, exc=TypeError)
         check_callable("make_optimizer", self.make_optimizer, fn=fn, allow_none=True)
         object.__setattr__(self, "params", dict(self.params or {}))
+        if self.defaults is None:  # a user technique: its own params are its defaults
+            object.__setattr__(self, "defaults", dict(self.params))
 
     @property
     def label(self) -> str:
@@ -641,10 +643,21 @@ def _parse_value(text: str) -> Any:
 def _check_keys(tech: Technique, params: Mapping[str, Any], fn: str) -> None:
     allowed = set(tech.defaults or {}) | set(tech.params or {})
     sig_ok = tech._accepts
-    for k in params:
-        if k not in allowed and not (tech.defaults is None and sig_ok(k)):
+    defaults = dict(tech.defaults or {})
+    for k, v in params.items():
+        if k not in allowed and not (k != "embedding" and sig_ok(k)):
             known = ", ".join(sorted(allowed)) or "(none)"
             fail(fn, "technique", f"a known parameter of {tech.name!r} ({known})", k)
+        d = defaults.get(k)
+        values = v if isinstance(v, list) else [v]
+        for x in values:
+            if isinstance(d, bool) and not isinstance(x, bool):
+                fail(fn, f"{tech.name}:{k}", "true or false", x, exc=TypeError)
+            if (isinstance(d, (int, float)) and not isinstance(d, bool)
+                    and (isinstance(x, bool) or not isinstance(x, (int, float)))):
+                fail(fn, f"{tech.name}:{k}", "a number", x, exc=TypeError)
+            if isinstance(d, int) and not isinstance(d, bool) and isinstance(x, float):
+                fail(fn, f"{tech.name}:{k}", "an int", x, exc=TypeError)
 
 
 def parse_technique_spec(spec: str) -> tuple[str, dict[str, list[Any]]]:
