@@ -516,21 +516,27 @@ def _weissi(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, lam1: float = 
     return step
 
 
-def _clip(mode: str) -> Callable[..., StepFn]:
-    def make_step(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, max_norm: float = 1.0) -> StepFn:
-        from trainwell.optim import clip_grad_norm_
+def _clip_step(model: nn.Module, loss_fn: LossFn, mode: str, max_norm: float) -> StepFn:
+    from trainwell.optim import clip_grad_norm_
 
-        params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
 
-        def step(batch: Any) -> Tensor:
-            loss = _plain_backward(loss_fn(model, batch))
-            clip_grad_norm_(params, max_norm=max_norm, mode=mode)
-            return loss
+    def step(batch: Any) -> Tensor:
+        loss = _plain_backward(loss_fn(model, batch))
+        clip_grad_norm_(params, max_norm=max_norm, mode=mode)
+        return loss
 
-        return step
+    return step
 
-    make_step.__doc__ = f"Backward, then {mode} clipping of the global gradient norm to ``max_norm``."
-    return make_step
+
+def _soft_clip(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, max_norm: float = 1.0) -> StepFn:
+    """Backward, then soft clipping: ``g ← g·γ/(‖g‖ + γ)`` with ``γ = max_norm`` (kexue.fm/archives/7469)."""
+    return _clip_step(model, loss_fn, "soft", max_norm)
+
+
+def _hard_clip(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, max_norm: float = 1.0) -> StepFn:
+    """Backward, then hard clipping of the global gradient norm to ``max_norm``."""
+    return _clip_step(model, loss_fn, "hard", max_norm)
 
 
 def _accum_step(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, accum_steps: int = 4) -> StepFn:
@@ -602,8 +608,8 @@ _builtin("pgd", _pgd, "regularizer", "kexue.fm/archives/7234; arXiv 1706.06083")
 _builtin("vat", _vat, "regularizer", "kexue.fm/archives/7466; arXiv 1704.03976")
 _builtin("parameter_gp", _parameter_gp, "regularizer", "kexue.fm/archives/7643 (gradient penalty on θ)")
 _builtin("weissi", _weissi, "regularizer", "kexue.fm/archives/7681; arXiv 2008.02965")
-_builtin("soft_clip", _clip("soft"), "optimizer", "kexue.fm/archives/7469 (soft gradient clipping)")
-_builtin("hard_clip", _clip("hard"), "optimizer", "kexue.fm/archives/7469 (hard gradient clipping)")
+_builtin("soft_clip", _soft_clip, "optimizer", "kexue.fm/archives/7469 (soft gradient clipping)")
+_builtin("hard_clip", _hard_clip, "optimizer", "kexue.fm/archives/7469 (hard gradient clipping)")
 _builtin("accum_adamw", _accum_step, "optimizer", "kexue.fm/archives/7401 (built-in accumulation, AdamW)",
          _accum_adamw_opt)
 _builtin("accum_sgdm", _accum_step, "optimizer", "kexue.fm/archives/7401 (built-in accumulation, SGDM)",

@@ -140,7 +140,8 @@ class CompareResult:
                 f"{_f(e['peak_memory_ratio'], '.2f')} | {e['n_seeds']} |")
         if self.seeds:
             lines += ["", f"With {len(self.seeds)} seeds the smallest possible two-sided p is "
-                      f"{2 / 2 ** len(self.seeds):.3g}; the verdict comes from the CI."]
+                      f"{2 / 2 ** len(self.seeds):.3g}; the verdict comes from the CI, which with few seeds is "
+                      "optimistic (the percentile bootstrap undercovers): read it with p (Holm)."]
         if self.errors:
             lines += ["", f"{len(self.errors)} cell(s) failed:"]
             lines += [f"- `{r['technique']}` seed {r['seed']}: {r.get('error_summary', 'error')}" for r in self.errors]
