@@ -105,7 +105,7 @@ class Technique:
         check_callable("make_optimizer", self.make_optimizer, fn=fn, allow_none=True)
         object.__setattr__(self, "params", dict(self.params or {}))
         if self.defaults is None:  # a user technique: its own params are its defaults
-            object.__setattr__(self, "defaults", dict(self.params))
+            object.__setattr__(self, "defaults", dict(self.params or {}))
 
     @property
     def label(self) -> str:
@@ -186,8 +186,15 @@ def forward_logits(model: nn.Module, batch: Any) -> tuple[Tensor, Any]:
 
 def default_loss(model: nn.Module, batch: Any) -> Tensor:
     """Cross-entropy of ``model(*inputs)`` against the batch's last element (or ``batch['labels']``)."""
-    logits, target = forward_logits(model, batch)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+    if type(batch) in (tuple, list) and len(batch) == 2:  # the common (x, y) case, without the checks
+        out = model(batch[0])
+        logits = out if isinstance(out, Tensor) else logits_of(out)
+        target = batch[1]
+    else:
+        logits, target = forward_logits(model, batch)
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
 def resolve_embedding(model: nn.Module, embedding: Any, fn: str) -> nn.Module:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -86,6 +87,16 @@ def run_local(task: Task, cells: Sequence[Cell], workers: int, on_result: OnResu
     pool.shutdown(wait=True)
 
 
+def _ray_cell(paths: list[str], task_blob: bytes, tech_blob: bytes, seed: int, threads: int) -> dict[str, Any]:
+    """A Ray task: extend ``sys.path`` like the driver's (where those folders exist here), then run the cell."""
+    for p in paths:
+        if p not in sys.path and os.path.isdir(p):
+            sys.path.append(p)
+    from ray import cloudpickle
+
+    return run_cell(cloudpickle.loads(task_blob), cloudpickle.loads(tech_blob), seed, threads)
+
+
 def run_ray(task: Task, cells: Sequence[Cell], address: str | None, on_result: OnResult,
             threads: int = 1) -> None:
     """Run each cell as a Ray task (``num_cpus=1``) and stream the results back with ``ray.wait``."""
@@ -99,9 +110,15 @@ def run_ray(task: Task, cells: Sequence[Cell], address: str | None, on_result: O
         if address:
             kw["address"] = address
         ray.init(**kw)
-    remote = ray.remote(num_cpus=1, max_retries=0)(run_cell)
-    task_ref = ray.put(task)
-    refs = {remote.remote(task_ref, tech, seed, threads): (tech, seed) for tech, seed in cells}
+    from ray import cloudpickle
+
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_cell)
+    # the task travels as bytes and is unpickled inside the worker after the driver's sys.path entries are
+    # added there, so modules found through a path added at run time (the CLI's config folder) import
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    task_ref = ray.put(cloudpickle.dumps(task))
+    refs = {remote.remote(paths, task_ref, cloudpickle.dumps(tech), seed, threads): (tech, seed)
+            for tech, seed in cells}
     try:
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)

@@ -54,7 +54,7 @@ def _check_table(d: Any, name: str, keys: dict[str, Any], where: str) -> dict[st
         if k not in keys:
             raise ConfigError(f"{where}: unknown field {name}.{k} (known: {', '.join(sorted(keys))})")
         t = keys[k]
-        if isinstance(v, bool) and t is int or not isinstance(v, t):
+        if (isinstance(v, bool) and t is int) or not isinstance(v, t):
             want = t.__name__ if isinstance(t, type) else " or ".join(x.__name__ for x in t)
             raise ConfigError(f"{where}: field {name}.{k} must be {want}, got {type(v).__name__} {v!r}")
     return d

@@ -239,8 +239,7 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
         t0 = time.perf_counter()
         for _ in range(task.epochs):
             model.train()
-            total: Tensor | None = None
-            nb = 0
+            epoch_losses: list[Tensor] = []  # stacked once per epoch: no per-step tensor work
             for batch in task.batches(order):
                 if dev.type != "cpu":
                     batch = _to(batch, dev)
@@ -254,10 +253,9 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
                     loss = step(batch)
                 optimizer.step()
                 steps += 1
-                lv = loss.detach().float().reshape(())
-                total = lv if total is None else total + lv
-                nb += 1
-            losses.append(float(total) / max(1, nb) if total is not None else math.nan)
+                epoch_losses.append(loss)
+            losses.append(float(torch.stack([v.detach().reshape(()) for v in epoch_losses]).double().mean())
+                          if epoch_losses else math.nan)
         if cuda:
             torch.cuda.synchronize(dev)
         out["train_seconds"] = time.perf_counter() - t0
