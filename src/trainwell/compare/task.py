@@ -146,7 +146,11 @@ def cell_key(identity: str, technique_name: str, params: Mapping[str, Any], seed
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))  # noqa: NPY002 - third-party code reads the global state
-    torch.manual_seed(seed)
+    # torch.manual_seed also queues lazy seeding calls for CUDA/XPU/MTIA, each capturing a Python stack
+    # (milliseconds per call): seed the CPU generator directly and CUDA only where it exists.
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 def _metrics(value: Any) -> dict[str, float]:
