@@ -55,3 +55,66 @@ def test_log1p_sum_exp_extreme_inputs_finite() -> None:
 def test_log1p_sum_exp_gradcheck() -> None:
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(log1p_sum_exp, (x,))
+
+
+def test_rng_replay_replays_and_restores() -> None:
+    from trainwell._ops import RngReplay
+
+    torch.manual_seed(0)
+    snap = RngReplay()
+    a = torch.rand(3)
+    with snap.replayed():
+        b = torch.rand(3)
+    c = torch.rand(3)
+    assert torch.equal(a, b)  # the block drew the snapshot's numbers
+    torch.manual_seed(0)
+    torch.rand(3)
+    assert torch.equal(c, torch.rand(3))  # and the outer stream went on undisturbed
+    snap.replay()
+    assert torch.equal(torch.rand(3), a)
+    off = RngReplay(False)
+    with off.replayed():
+        off.replay()  # no-ops
+
+
+def test_autocast_off_and_compute_dtype() -> None:
+    from trainwell._ops import autocast_enabled, autocast_off, compute_dtype
+
+    x = torch.randn(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_enabled("cpu")
+        assert (x @ x).dtype == torch.bfloat16
+        with autocast_off("cpu"):
+            assert not autocast_enabled("cpu")
+            assert (x @ x).dtype == torch.float32
+    with autocast_off("cpu"):  # a no-op outside autocast
+        pass
+    assert compute_dtype(x.half(), None) == torch.float32
+    assert compute_dtype(x, x.double()) == torch.float64
+
+
+def test_old_private_paths_still_import() -> None:
+    """Parallel branches import these; they moved to _ops/_hooks/_step but stay importable."""
+    from trainwell import _hooks, _ops, _step
+    from trainwell.losses.contrastive import _autocast_off, _RngState
+    from trainwell.regularizers._common import (
+        BackwardFn,
+        OutputHook,
+        RngReplay,
+        autocast_enabled,
+        grad_scale,
+        resolve_backward,
+    )
+    from trainwell.regularizers.adversarial import _EmbeddingAttack
+    from trainwell.regularizers.vat import _no_autocast
+
+    assert OutputHook is _hooks.OutputHook and RngReplay is _ops.RngReplay
+    assert _no_autocast is _ops.autocast_off and _autocast_off is _ops.autocast_off
+    assert resolve_backward is _step.resolve_backward and grad_scale is _step.grad_scale
+    assert BackwardFn is _step.BackwardFn and autocast_enabled is _ops.autocast_enabled
+    assert _EmbeddingAttack.__name__ == "EmbeddingAttack"
+    torch.manual_seed(0)
+    state = _RngState()
+    a = torch.rand(2)
+    with state.replay():
+        assert torch.equal(torch.rand(2), a)

@@ -63,7 +63,9 @@ def test_tensor_checks() -> None:
         v.check_tensor("input", x, ndim=3)
     with pytest.raises(ValueError, match="at least 3 dims"):
         v.check_tensor("input", x, min_ndim=3)
-    with pytest.raises(ValueError, match=r"'target' must have the same shape as 'input' \(2, 3\), got \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"'target' must have the same shape as 'input' \(2, 3\), got \(3, 2\)"
+    ):
         v.check_same_shape("input", x, "target", torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"'target' must have shape \(2,\)"):
         v.check_shape_prefix("input", x, "target", torch.zeros(3, dtype=torch.long))
@@ -106,3 +108,47 @@ def test_value_checks_skipped_under_compile() -> None:
 
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(torch.tensor([0, 1, 2])), torch.tensor([0, 2, 4]))
+
+
+def test_describe_containers_by_type_keys_shape_only() -> None:
+    """Regression (issue 9): error messages printed whole tensors/dicts."""
+    from collections import OrderedDict
+
+    from trainwell._validation import _describe
+
+    big = OrderedDict((f"k{i}", torch.randn(50, 50)) for i in range(10))
+    text = _describe(big)
+    assert "OrderedDict(" in text and "'k0': Tensor(shape=(50, 50)" in text and "10 keys" in text
+    assert len(text) < 500
+    lst = _describe([torch.zeros(3), {"a": 1}, [1, 2, 3], 4, 5])
+    assert lst.startswith("list of length 5") and "dict with 1 keys" in lst and "list of length 3" in lst
+    assert len(_describe("x" * 1000)) < 80
+    assert _describe(object()) == "object"
+
+
+def test_fail_message_stays_short_for_a_model_output() -> None:
+    from trainwell._validation import fail
+
+    class Output(dict):  # what Hugging Face ModelOutput looks like to isinstance checks
+        pass
+
+    with pytest.raises(TypeError) as err:
+        fail(
+            "f", "x", "a tensor", Output(logits=torch.randn(64, 1000), loss=torch.tensor(1.0)), exc=TypeError
+        )
+    msg = str(err.value)
+    assert "Output('logits': Tensor(shape=(64, 1000)" in msg and len(msg) < 300
+
+
+def test_check_leading_dims() -> None:
+    v.check_leading_dims("a", torch.zeros(2, 3, 4), "b", torch.zeros(2, 3, 7), 1, fn="f")
+    v.check_leading_dims("a", torch.zeros(2, 3, 4), "b", torch.zeros(2, 5, 7), 2, fn="f")
+    with pytest.raises(ValueError, match=r"f\(\): argument 'b' must have the leading dims \(2, 3\)"):
+        v.check_leading_dims("a", torch.zeros(2, 3, 4), "b", torch.zeros(3, 3, 7), 1, fn="f")
+
+
+def test_overloads_narrow_without_asserts() -> None:
+    assert v.check_int("k", 3, fn="f", min=1) + 1 == 4  # typed int, not int | None
+    assert v.check_number("x", 2, fn="f") * 2.0 == 4.0
+    assert v.check_number("x", None, fn="f", allow_none=True) is None
+    assert v.check_finite_number("x", None, fn="f", allow_none=True) is None

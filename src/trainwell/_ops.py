@@ -1,11 +1,29 @@
-"""Small tensor operations shared across trainwell (reductions, stable log-sum-exp forms)."""
+"""Small tensor operations shared across trainwell.
+
+Reductions, the compute dtype of losses, stable log-sum-exp forms, switching autocast off for a block,
+and replaying the random-number state (dropout masks) across the passes of a multi-pass step.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["apply_reduction", "float32", "log1p_sum_exp", "masked_fill_neg_inf"]
+__all__ = [
+    "RngReplay",
+    "apply_reduction",
+    "autocast_enabled",
+    "autocast_off",
+    "compute_dtype",
+    "float32",
+    "log1p_sum_exp",
+    "masked_fill_neg_inf",
+    "to_compute_dtype",
+]
 
 
 def apply_reduction(values: Tensor, reduction: str, weight_sum: Tensor | None = None) -> Tensor:
@@ -34,6 +52,19 @@ def float32(x: Tensor) -> Tensor:
     return x
 
 
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype a loss computes in: float64 if any input is float64, else float32 (half is upcast)."""
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
+
+
+def to_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in the dtype losses compute in (:func:`compute_dtype`): float64 stays, anything else float32."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def masked_fill_neg_inf(x: Tensor, keep: Tensor) -> Tensor:
     """``x`` where ``keep`` else -inf (never a large finite constant: that overflows in half precision)."""
     return torch.where(keep, x, torch.full_like(x, float("-inf")))
@@ -49,3 +80,82 @@ def log1p_sum_exp(x: Tensor, dim: int = -1) -> Tensor:
     shape[dim] = 1
     zeros = x.new_zeros(shape)
     return torch.logsumexp(torch.cat([x, zeros], dim=dim), dim=dim)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is active for ``device_type`` (False for device types without autocast)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except (TypeError, RuntimeError):  # pragma: no cover - torch < 2.4 or no autocast for the device
+        return False
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """A block with autocast disabled on ``device_type`` (a no-op when it is not enabled).
+
+    Used where precision matters more than speed: similarities that feed a softmax over a whole batch,
+    and finite-difference steps (``x + ξd == x`` in bf16 for ξ = 1e-6).
+    """
+    if autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class RngReplay:
+    """Snapshot of the CPU (and initialized CUDA) RNG so later passes can draw the same dropout masks.
+
+    Two ways to use it: :meth:`replay` sets the generators back to the snapshot (the caller's stream
+    continues from there; see :meth:`mark_resume`), and :meth:`replayed` is a block that replays the
+    snapshot and restores the outer state on exit (the stream is not disturbed). ``enabled=False``
+    makes every method a no-op, so callers need not branch.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._cpu: Tensor | None = None
+        self._cuda: list[Tensor] | None = None
+        self._resume: tuple[Tensor, list[Tensor] | None] | None = None
+        if enabled:
+            self._cpu = torch.get_rng_state()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                self._cuda = torch.cuda.get_rng_state_all()
+
+    def replay(self) -> None:
+        """Set the generators to the snapshot."""
+        self._set()
+
+    def _set(self) -> None:
+        if self._cpu is None:
+            return
+        torch.set_rng_state(self._cpu)
+        if self._cuda is not None:
+            torch.cuda.set_rng_state_all(self._cuda)
+
+    @contextlib.contextmanager
+    def replayed(self) -> Iterator[None]:
+        """Run the block from the snapshot; afterwards the generators are where they were before it."""
+        if self._cpu is None:
+            yield
+            return
+        devices = list(range(len(self._cuda))) if self._cuda is not None else []
+        with torch.random.fork_rng(devices=devices):
+            self._set()
+            yield
+
+    def mark_resume(self) -> None:
+        """Remember the current state: :meth:`resume` returns to it after the replayed passes.
+
+        Needed when a step draws random numbers of its own (VAT's initial direction) between the
+        snapshot and the replays; otherwise the next step would start from the same state again.
+        """
+        if self.enabled:
+            cuda = torch.cuda.get_rng_state_all() if self._cuda is not None else None
+            self._resume = (torch.get_rng_state(), cuda)
+
+    def resume(self) -> None:
+        """Return to the state saved by :meth:`mark_resume` (no-op without one)."""
+        if self._resume is None:
+            return
+        torch.set_rng_state(self._resume[0])
+        if self._resume[1] is not None:
+            torch.cuda.set_rng_state_all(self._resume[1])

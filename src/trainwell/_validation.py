@@ -13,9 +13,9 @@ function (:func:`tracing`) — the eager call has already validated the same cod
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_last_dim",
+    "check_leading_dims",
     "check_module",
     "check_ndim",
     "check_number",
@@ -60,26 +61,71 @@ def _where(fn: str | None) -> str:
     return f"{fn}(): " if fn else ""
 
 
-def fail(fn: str | None, name: str, expected: str, got: Any, *, exc: type[Exception] = ValueError) -> NoReturn:
+def fail(
+    fn: str | None, name: str, expected: str, got: Any, *, exc: type[Exception] = ValueError
+) -> NoReturn:
     """Raise ``exc`` with the library's message format."""
     raise exc(f"{_where(fn)}argument '{name}' must be {expected}, got {_describe(got)}")
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, depth: int = 0) -> str:
+    """A short description of ``value``: type, keys, length, shape, dtype — never its contents."""
     if isinstance(value, Tensor):
         return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
     if isinstance(value, (bool, int, float)) or value is None:
         return repr(value)
     if isinstance(value, nn.Module):
         return f"{type(value).__name__} module"
-    return f"{type(value).__name__} {value!r}"[:200]
+    name = type(value).__name__
+    if isinstance(value, Mapping):
+        keys = list(value.keys())
+        if depth > 0:
+            return f"{name} with {len(keys)} keys"
+        shown = ", ".join(f"{k!r}: {_describe(value[k], depth + 1)}" for k in keys[:6])
+        more = f", ... ({len(keys)} keys)" if len(keys) > 6 else ""
+        return f"{name}({shown}{more})"
+    if isinstance(value, (list, tuple)):
+        if depth > 0:
+            return f"{name} of length {len(value)}"
+        shown = ", ".join(_describe(v, depth + 1) for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"{name} of length {len(value)} [{shown}{more}]"
+    if isinstance(value, Real):
+        return f"{name} {float(value)!r}"
+    if callable(value):
+        return f"{name} {getattr(value, '__qualname__', name)}"
+    return name
 
 
 # --------------------------------------------------------------------------------------------- scalars
 
 
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: float | None = ...,
+    max: float | None = ...,
+    min_inclusive: bool = ...,
+    max_inclusive: bool = ...,
+    allow_none: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: float | None = ...,
+    max: float | None = ...,
+    min_inclusive: bool = ...,
+    max_inclusive: bool = ...,
+    allow_none: bool,
+) -> float | None: ...
 def check_number(
     name: str,
     value: Any,
@@ -110,12 +156,33 @@ def check_number(
 
 def check_finite_number(name: str, value: Any, *, fn: str | None = None, **kw: Any) -> float:
     v = check_number(name, value, fn=fn, **kw)
-    assert v is not None
+    if v is None:  # allow_none=True passed through **kw
+        return v  # type: ignore[return-value]
     if not math.isfinite(v):
         fail(fn, name, "a finite number", value)
     return v
 
 
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: int | None = ...,
+    max: int | None = ...,
+    allow_none: Literal[False] = ...,
+) -> int: ...
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    fn: str | None = ...,
+    min: int | None = ...,
+    max: int | None = ...,
+    allow_none: bool,
+) -> int | None: ...
 def check_int(
     name: str,
     value: Any,
@@ -237,6 +304,17 @@ def check_shape_prefix(name_a: str, a: Tensor, name_b: str, b: Tensor, *, fn: st
         )
 
 
+def check_leading_dims(
+    name_a: str, a: Tensor, name_b: str, b: Tensor, dims: int, *, fn: str | None = None
+) -> None:
+    """``b`` must share ``a``'s leading dims: ``b.shape[:-dims] == a.shape[:-dims]`` (``dims`` ≥ 1)."""
+    if a.dim() < dims or b.dim() < dims or tuple(a.shape[:-dims]) != tuple(b.shape[:-dims]):
+        raise ValueError(
+            f"{_where(fn)}argument '{name_b}' must have the leading dims {tuple(a.shape[:-dims])} of "
+            f"'{name_a}' {tuple(a.shape)} (all but the last {dims}), got {tuple(b.shape)}"
+        )
+
+
 def check_last_dim(name: str, value: Tensor, size: int, *, fn: str | None = None, what: str = "") -> None:
     if value.dim() < 1 or value.shape[-1] != size:
         extra = f" ({what})" if what else ""
@@ -269,7 +347,7 @@ def check_labels(
     fn: str | None = None,
     ignore_index: int | None = None,
 ) -> None:
-    """Integer class labels in [0, num_classes) (``ignore_index`` allowed). Content check skipped when tracing."""
+    """Class indices in [0, num_classes) (``ignore_index`` allowed); content check skipped when tracing."""
     check_tensor(name, target, fn=fn, kind="int")
     if tracing() or target.numel() == 0:
         return

@@ -268,12 +268,22 @@ def test_torchrun_style_launch_splits_seeds_and_matches_single_process(tmp_path,
     assert not [p for p in ddp_out.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_clearly_above_uses_pooled_seed_std() -> None:
+def test_clearly_above_uses_the_paired_ci() -> None:
+    from trainwell.compare.stats import paired_bootstrap_ci
     from trainwell.lab.base import MethodStats
 
-    a, b = MethodStats([0.72, 0.76]), MethodStats([0.70, 0.74])
-    # gap 0.02, pooled std sqrt((0.0283² + 0.0283²) / 2) = 0.0283: within noise
-    assert not a.clearly_above(b)
-    assert MethodStats([0.80, 0.81]).clearly_above(MethodStats([0.70, 0.71]))
-    assert MethodStats([0.8]).clearly_above(MethodStats([0.7]))  # one seed: plain comparison
-    assert not MethodStats([0.7]).clearly_above(MethodStats([0.7]))
+    # +0.02 on both seeds: the paired CI is [0.02, 0.02] although each method's std is 0.028
+    assert MethodStats([0.72, 0.76]).clearly_above(MethodStats([0.70, 0.74]))
+    # a higher mean but a loss on one seed: the CI of the differences covers 0
+    assert not MethodStats([0.75, 0.73]).clearly_above(MethodStats([0.70, 0.74]))
+    assert not MethodStats([0.8]).clearly_above(MethodStats([0.7]))  # one seed: nothing established
+    assert not MethodStats([0.7, 0.7]).clearly_above(MethodStats([0.7, 0.7]))
+    # lower is better: the CI must lie below 0
+    assert MethodStats([0.5, 0.6, 0.4]).clearly_above(MethodStats([0.6, 0.7, 0.5]), higher_is_better=False)
+    assert not MethodStats([0.5, 0.6, 0.4]).clearly_above(MethodStats([0.6, 0.7, 0.5]))
+    # the CI is the one trainwell compare reports
+    a, b = MethodStats([0.71, 0.74, 0.69, 0.75, 0.72]), MethodStats([0.70, 0.72, 0.70, 0.73, 0.70])
+    mean, lo, hi = a.paired_ci(b)
+    assert (lo, hi) == paired_bootstrap_ci([x - y for x, y in zip(a.values, b.values)])
+    assert abs(mean - 0.012) < 1e-12
+    assert a.clearly_above(b) == (lo > 0)

@@ -24,9 +24,8 @@ def test_tiny_run_writes_results_with_schema(tmp_path) -> None:
     assert on_disk["experiment"] == "vat" and set(on_disk["results"]) == set(METHODS)
     for stats in on_disk["results"].values():
         assert set(stats) >= {"mean", "std", "values"} and 0.0 <= stats["mean"] <= 1.0
-    assert on_disk["claim_holds"] == res["claim_holds"] == (
-        on_disk["results"]["VAT"]["mean"] > on_disk["results"]["labeled only"]["mean"]
-    )
+    # one seed: no paired CI, so the claim is never called held
+    assert on_disk["claim_holds"] == res["claim_holds"] is False
     info = on_disk["info"][0]
     # 1% of the 12,155 training reviews are labeled; the unlabeled pool follows them.
     assert info["sizes"]["labeled"] == round(0.01 * 12155)

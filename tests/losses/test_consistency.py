@@ -47,15 +47,25 @@ def ref_rows(l1: Tensor, l2: Tensor, t: Tensor, alpha: float) -> list[float]:
 def test_reference_symmetry_and_special_cases() -> None:
     a, b, t = pair()
     got = rdrop_loss(a, b, t, 2.5, reduction="none")
-    torch.testing.assert_close(got, torch.tensor(ref_rows(a, b, t, 2.5), dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        got, torch.tensor(ref_rows(a, b, t, 2.5), dtype=torch.float64), rtol=0, atol=1e-12
+    )
     torch.testing.assert_close(rdrop_loss(b, a, t, 2.5, reduction="none"), got, rtol=0, atol=1e-14)
     ce = F.cross_entropy(a, t, reduction="none") + F.cross_entropy(b, t, reduction="none")
     torch.testing.assert_close(rdrop_loss(a, b, t, 0.0, reduction="none"), ce)
-    torch.testing.assert_close(rdrop_loss(a, a, t, 3.0, reduction="none"), 2 * F.cross_entropy(a, t, reduction="none"))
+    torch.testing.assert_close(
+        rdrop_loss(a, a, t, 3.0, reduction="none"), 2 * F.cross_entropy(a, t, reduction="none")
+    )
     kl = symmetric_kl(a, b, reduction="none")
     assert bool((kl > 0).all()) and float(symmetric_kl(a, a).abs()) < 1e-15
-    torch.testing.assert_close(kl, 0.5 * (F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True, reduction="none").sum(-1)
-                                          + F.kl_div(F.log_softmax(a, -1), F.log_softmax(b, -1), log_target=True, reduction="none").sum(-1)))
+    torch.testing.assert_close(
+        kl,
+        0.5
+        * (
+            F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True, reduction="none").sum(-1)
+            + F.kl_div(F.log_softmax(a, -1), F.log_softmax(b, -1), log_target=True, reduction="none").sum(-1)
+        ),
+    )
 
 
 def test_non_target_classes_are_seen() -> None:
@@ -120,7 +130,9 @@ def test_conventions() -> None:
     torch.testing.assert_close(rdrop_loss(a, b, t, alpha_paper), written["paper"](alpha_paper))
     for name, loss_of in written.items():
         alpha_c = convert_rdrop_alpha(alpha_paper, "paper", name, batch_size=batch)
-        torch.testing.assert_close(loss_of(alpha_c), rdrop_loss_scale(name) * rdrop_loss(a, b, t, alpha_paper))
+        torch.testing.assert_close(
+            loss_of(alpha_c), rdrop_loss_scale(name) * rdrop_loss(a, b, t, alpha_paper)
+        )
         assert convert_rdrop_alpha(alpha_c, name, "paper", batch_size=batch) == pytest.approx(alpha_paper)
     assert convert_rdrop_alpha(4.0, "keras") == 4.0
     assert convert_rdrop_alpha(1.0, "readme_sum", batch_size=32) == 64.0
@@ -148,7 +160,9 @@ def test_padding_tokens_contribute_nothing() -> None:
     t_filled = torch.where(pad, 0, t)
     torch.testing.assert_close(rdrop_loss(a2, b2, t_filled, 2.0, pad_mask=pad), base)
     torch.testing.assert_close(RDropLoss(2.0)(a, b, t), base)
-    torch.testing.assert_close(symmetric_kl(a2, b2, pad_mask=pad), symmetric_kl(a, b, reduction="none")[~pad].mean())
+    torch.testing.assert_close(
+        symmetric_kl(a2, b2, pad_mask=pad), symmetric_kl(a, b, reduction="none")[~pad].mean()
+    )
 
 
 def test_gradcheck_both_branches_and_bf16() -> None:
@@ -185,7 +199,9 @@ def test_reductions_permutation_symmetry(rows: int, classes: int, seed: int, alp
     torch.testing.assert_close(rdrop_loss(a, b, t, alpha, reduction="sum"), none.sum())
     torch.testing.assert_close(rdrop_loss(a, b, t, alpha, reduction="mean"), none.mean())
     perm = torch.randperm(classes, generator=torch.Generator().manual_seed(seed))
-    torch.testing.assert_close(rdrop_loss(a[:, perm], b[:, perm], perm.argsort()[t], alpha, reduction="none"), none)
+    torch.testing.assert_close(
+        rdrop_loss(a[:, perm], b[:, perm], perm.argsort()[t], alpha, reduction="none"), none
+    )
     assert bool((symmetric_kl(a, b, reduction="none") >= 0).all())
 
 

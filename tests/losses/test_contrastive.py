@@ -635,3 +635,23 @@ def test_ddp_gradient_equals_single_process_full_batch(tmp_path: Path) -> None:
         res = torch.load(tmp_path / f"rank{rank}.pt")
         assert res["err"] <= 1e-10, (rank, res)
         assert res["loss"] == pytest.approx(res["ref_loss"], rel=1e-12)
+
+
+def test_unequal_views_under_a_gather_need_a_target() -> None:
+    """Views of different sizes under a multi-rank gather would pair queries with another rank's keys."""
+    enc = torch.nn.Linear(3, 2)
+    cache = ContrastiveGradCache(enc, info_nce_loss, 2)
+    cache._distributed = lambda: (0, 2)  # type: ignore[method-assign]  # as if 2 ranks gathered
+    with pytest.raises(ValueError, match="explicit 'target='"):
+        cache.step(torch.randn(3, 3), torch.randn(5, 3))
+
+
+def test_step_returns_a_detached_tensor_and_backward_is_kept() -> None:
+    enc = torch.nn.Linear(3, 2)
+    cache = ContrastiveGradCache(enc, info_nce_loss, 2)
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    out = cache.step(x, y)
+    assert isinstance(out, torch.Tensor) and out.dim() == 0 and not out.requires_grad
+    torch.testing.assert_close(cache.backward(x, y), out)  # the old entry point, same value
+    with pytest.raises(TypeError, match="'backward'"):
+        cache.step(x, y, backward=3)

@@ -59,7 +59,9 @@ def test_descent_then_ascent_is_gradient_step_on_gradient_norm() -> None:
     e1, e2 = 2e-2, 5e-3
     th = theta0 - e1 * a @ theta0
     th = th + e2 * a @ th
-    torch.testing.assert_close(th, theta0 - (e1 - e2) * a @ theta0 - e1 * e2 * a @ a @ theta0, rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        th, theta0 - (e1 - e2) * a @ theta0 - e1 * e2 * a @ a @ theta0, rtol=0, atol=1e-13
+    )
 
 
 def test_nonquadratic_gap_is_third_order() -> None:

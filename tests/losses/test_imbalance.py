@@ -69,12 +69,16 @@ def test_la_pairwise_form_tau0_uniform_and_constant_shift() -> None:
     p = (counts.double() / counts.double().sum()).tolist()
     want = []
     for row, y in zip(x.tolist(), t.tolist()):
-        want.append(math.log1p(sum((p[i] / p[y]) ** tau * math.exp(row[i] - row[y]) for i in range(5) if i != y)))
+        want.append(
+            math.log1p(sum((p[i] / p[y]) ** tau * math.exp(row[i] - row[y]) for i in range(5) if i != y))
+        )
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
     torch.testing.assert_close(got, F.cross_entropy(x + tau * lp, t, reduction="none"))
     ce = F.cross_entropy(x, t)
     torch.testing.assert_close(logit_adjusted_cross_entropy(x, t, lp, 0.0), ce)
-    torch.testing.assert_close(logit_adjusted_cross_entropy(x, t, torch.full((5,), -3.0, dtype=torch.float64), 2.0), ce)
+    torch.testing.assert_close(
+        logit_adjusted_cross_entropy(x, t, torch.full((5,), -3.0, dtype=torch.float64), 2.0), ce
+    )
     torch.testing.assert_close(logit_adjusted_cross_entropy(x, t, lp + 7.0, tau), got.mean())
     torch.testing.assert_close(logit_adjusted_cross_entropy(x, t, counts.double().log(), tau), got.mean())
 
@@ -97,7 +101,10 @@ def test_la_gradient_and_soft_targets_and_options() -> None:
     )
     x3 = x.reshape(2, 3, 5)
     assert logit_adjusted_cross_entropy(x3, t.reshape(2, 3), lp, reduction="none").shape == (2, 3)
-    assert gradcheck(lambda a: logit_adjusted_cross_entropy(a, t, lp, 0.7, reduction="none"), (xr.detach().clone().requires_grad_(),))
+    assert gradcheck(
+        lambda a: logit_adjusted_cross_entropy(a, t, lp, 0.7, reduction="none"),
+        (xr.detach().clone().requires_grad_(),),
+    )
 
 
 def test_posthoc_and_decision_rules() -> None:
@@ -184,7 +191,9 @@ def test_binary_focal_reference_and_bce_limit() -> None:
     want = []
     for v, t in zip(x.flatten().tolist(), y.flatten().tolist()):
         p = sigmoid(v)
-        want.append(-alpha * (1 - p) ** gamma * math.log(p) if t == 1 else -(1 - alpha) * p**gamma * math.log(1 - p))
+        want.append(
+            -alpha * (1 - p) ** gamma * math.log(p) if t == 1 else -(1 - alpha) * p**gamma * math.log(1 - p)
+        )
     got = binary_focal_loss(x, y, gamma, alpha, reduction="none")
     torch.testing.assert_close(got.flatten(), torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
     bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
@@ -217,7 +226,9 @@ def test_focal_extremes_and_bad_inputs() -> None:
     x = (torch.tensor([[1.0, -1.0, 0.5], [-1.0, 1.0, 0.0]]) * 1e4).requires_grad_()
     t = torch.tensor([0, 2])
     for gamma in (0.5, 2.0):
-        loss = focal_loss(x, t, gamma, reduction="sum") + binary_focal_loss(x, (x > 0).float(), gamma, reduction="sum")
+        loss = focal_loss(x, t, gamma, reduction="sum") + binary_focal_loss(
+            x, (x > 0).float(), gamma, reduction="sum"
+        )
         loss.backward()
         assert x.grad is not None and bool(torch.isfinite(loss)) and bool(torch.isfinite(x.grad).all())
         x.grad = None
@@ -298,7 +309,9 @@ def test_hard_truncation() -> None:
     xm, tm = case(seed=9)
     pt = torch.softmax(xm, -1)[torch.arange(6), tm]
     ce = F.cross_entropy(xm, tm, reduction="none")
-    torch.testing.assert_close(hard_truncated_loss(xm, tm, 0.3, reduction="none"), torch.where(pt > 0.3, 0.0, ce))
+    torch.testing.assert_close(
+        hard_truncated_loss(xm, tm, 0.3, reduction="none"), torch.where(pt > 0.3, 0.0, ce)
+    )
     torch.testing.assert_close(HardTruncatedLoss(0.3)(xm, tm), torch.where(pt > 0.3, 0.0, ce).mean())
     with pytest.raises(ValueError, match="'margin'"):
         hard_truncated_loss(x, y, 1.0)
@@ -318,7 +331,9 @@ def test_class_balanced_weights() -> None:
     torch.testing.assert_close(class_balanced_weights(counts, tau=0.0), torch.ones(4))
     beta = 0.99
     eff = torch.tensor([(1 - beta**n) / (1 - beta) for n in [100, 10, 1, 1]], dtype=torch.float64)
-    torch.testing.assert_close(class_balanced_weights(counts, beta=beta), ((1 / eff) / (1 / eff).mean()).float())
+    torch.testing.assert_close(
+        class_balanced_weights(counts, beta=beta), ((1 / eff) / (1 / eff).mean()).float()
+    )
     torch.testing.assert_close(class_balanced_weights(counts, beta=0.0), torch.ones(4))
     with pytest.raises(ValueError, match="'beta'"):
         class_balanced_weights(counts, beta=1.0)
@@ -332,7 +347,9 @@ def test_class_balanced_cross_entropy_and_pairwise_margin_form() -> None:
     torch.testing.assert_close(class_balanced_cross_entropy(x, t, w), (w[t] * ce).mean())
     mod = ClassBalancedCrossEntropy.from_counts([5, 4, 3, 2, 1])
     assert "weight" in mod.state_dict()
-    torch.testing.assert_close(mod(x, t), class_balanced_cross_entropy(x, t, class_balanced_weights([5, 4, 3, 2, 1])))
+    torch.testing.assert_close(
+        mod(x, t), class_balanced_cross_entropy(x, t, class_balanced_weights([5, 4, 3, 2, 1]))
+    )
     with pytest.raises(ValueError, match="'weight'"):
         class_balanced_cross_entropy(x, t, torch.ones(3))
 
@@ -360,11 +377,14 @@ def test_f1_ce_weights_and_dice() -> None:
     x = torch.tensor([-30.0, -30.0, -30.0], dtype=torch.float64)  # p ≈ 0 -> F ≈ 0
     y = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     loss = f1_weighted_cross_entropy(x, y, reduction="none")
-    torch.testing.assert_close(loss, torch.stack([F.softplus(-x[0]), x[1] * 0, x[2] * 0]), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        loss, torch.stack([F.softplus(-x[0]), x[1] * 0, x[2] * 0]), rtol=1e-9, atol=1e-9
+    )
     x1 = torch.tensor([30.0, -30.0], dtype=torch.float64)  # perfect -> F ≈ 1, weights (1/2, 1/2)
     y1 = torch.tensor([1.0, 0.0], dtype=torch.float64)
     torch.testing.assert_close(
-        f1_weighted_cross_entropy(x1, y1, reduction="none"), 0.5 * F.binary_cross_entropy_with_logits(x1, y1, reduction="none")
+        f1_weighted_cross_entropy(x1, y1, reduction="none"),
+        0.5 * F.binary_cross_entropy_with_logits(x1, y1, reduction="none"),
     )
     g = torch.Generator().manual_seed(12)
     xb = torch.randn(6, 3, generator=g, dtype=torch.float64)
@@ -374,7 +394,9 @@ def test_f1_ce_weights_and_dice() -> None:
     per_class = 1 - 2 * (yb * p).sum(0) / (yb + p).sum(0)
     torch.testing.assert_close(dice_loss(xb, yb, reduction="none", dim=0), per_class)
     torch.testing.assert_close(DiceLoss(dim=0)(xb, yb), per_class.mean())
-    torch.testing.assert_close(dice_loss(xb, yb, eps=1.0), 1 - (2 * (yb * p).sum() + 1) / ((yb + p).sum() + 1))
+    torch.testing.assert_close(
+        dice_loss(xb, yb, eps=1.0), 1 - (2 * (yb * p).sum() + 1) / ((yb + p).sum() + 1)
+    )
     assert dice_loss(torch.full((3,), -1e4), torch.zeros(3)).item() == 0.0  # 0/0 slice -> loss 0
     f_cls = 2 * (yb * p).sum(0) / (yb + p).sum(0)
     want = -(yb * (1 - f_cls / 2) * F.logsigmoid(xb) + (1 - yb) * f_cls / 2 * F.logsigmoid(-xb))
@@ -440,13 +462,22 @@ def test_reductions_and_permutation(rows: int, classes: int, seed: int) -> None:
     perm = torch.randperm(classes, generator=g)
     inv = perm.argsort()
     for f, pf in [
-        (lambda a, r: logit_adjusted_cross_entropy(a, t, lp, 1.0, reduction=r),
-         lambda a: logit_adjusted_cross_entropy(a[:, perm], inv[t], lp[perm], 1.0, reduction="none")),
-        (lambda a, r: focal_loss(a, t, 2.0, reduction=r), lambda a: focal_loss(a[:, perm], inv[t], 2.0, reduction="none")),
-        (lambda a, r: class_balanced_cross_entropy(a, t, w, reduction=r),
-         lambda a: class_balanced_cross_entropy(a[:, perm], inv[t], w[perm], reduction="none")),
-        (lambda a, r: softened_truncated_loss(a, t, 1.0, reduction=r),
-         lambda a: softened_truncated_loss(a[:, perm], inv[t], 1.0, reduction="none")),
+        (
+            lambda a, r: logit_adjusted_cross_entropy(a, t, lp, 1.0, reduction=r),
+            lambda a: logit_adjusted_cross_entropy(a[:, perm], inv[t], lp[perm], 1.0, reduction="none"),
+        ),
+        (
+            lambda a, r: focal_loss(a, t, 2.0, reduction=r),
+            lambda a: focal_loss(a[:, perm], inv[t], 2.0, reduction="none"),
+        ),
+        (
+            lambda a, r: class_balanced_cross_entropy(a, t, w, reduction=r),
+            lambda a: class_balanced_cross_entropy(a[:, perm], inv[t], w[perm], reduction="none"),
+        ),
+        (
+            lambda a, r: softened_truncated_loss(a, t, 1.0, reduction=r),
+            lambda a: softened_truncated_loss(a[:, perm], inv[t], 1.0, reduction="none"),
+        ),
         (lambda a, r: binary_focal_loss(a, yb, 2.0, 0.25, reduction=r), None),
         (lambda a, r: f1_weighted_cross_entropy(a, yb, reduction=r), None),
     ]:

@@ -63,7 +63,10 @@ def test_gradient_wrt_cosines() -> None:
     assert c.grad is not None
     torch.testing.assert_close(c.grad, want, rtol=0, atol=1e-10)
     for psi in ("additive", "simpler"):
-        assert gradcheck(lambda a, p=psi: am_softmax_loss(a, t, 5.0, 0.2, reduction="none", psi=p), (c.detach().clone().requires_grad_(),))
+        assert gradcheck(
+            lambda a, p=psi: am_softmax_loss(a, t, 5.0, 0.2, reduction="none", psi=p),
+            (c.detach().clone().requires_grad_(),),
+        )
 
 
 def test_simpler_psi() -> None:
@@ -73,7 +76,12 @@ def test_simpler_psi() -> None:
     assert bool((psi <= c + 1e-12).all())
     torch.testing.assert_close(psi, torch.minimum(torch.cos(4 * theta), c), rtol=0, atol=1e-12)
     cos, t = cosines(seed=3)
-    assert bool((am_softmax_loss(cos, t, psi="simpler", reduction="none") >= F.cross_entropy(30 * cos, t, reduction="none") - 1e-12).all())
+    assert bool(
+        (
+            am_softmax_loss(cos, t, psi="simpler", reduction="none")
+            >= F.cross_entropy(30 * cos, t, reduction="none") - 1e-12
+        ).all()
+    )
 
 
 def test_module_scale_invariance_and_no_sync() -> None:
@@ -139,7 +147,9 @@ def test_retrieval_metric() -> None:
 
 def test_bad_inputs() -> None:
     cos, t = cosines()
-    assert am_softmax_loss(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).item() == 0.0  # empty: 0, not NaN
+    assert (
+        am_softmax_loss(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).item() == 0.0
+    )  # empty: 0, not NaN
     with pytest.raises(ValueError, match="'scale'"):
         am_softmax_loss(cos, t, scale=0.0)
     with pytest.raises(ValueError, match="'margin'"):
@@ -150,3 +160,13 @@ def test_bad_inputs() -> None:
         am_softmax_loss(cos, t + 5)
     with pytest.raises(ValueError, match="'num_classes'"):
         AMSoftmax(4, 0)
+
+
+def test_module_checks_the_label_range_like_the_functional() -> None:
+    """Regression (issue 8): AMSoftmax.forward did not check the label range as am_softmax_loss does."""
+    head = AMSoftmax(4, 3)
+    msg = r"AMSoftmax\(\): argument 'target' must hold class indices in \[0, 3\)"
+    with pytest.raises(ValueError, match=msg):
+        head(torch.randn(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="'target'"):
+        am_softmax_loss(torch.rand(2, 3), torch.tensor([0, -1]))

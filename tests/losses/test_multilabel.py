@@ -1,4 +1,4 @@
-"""Tests for trainwell.losses.multilabel: ZLPR (dense, soft, sparse) and its rank form (posts 7359/9064/8888)."""
+"""Tests for trainwell.losses.multilabel: ZLPR (dense, soft, sparse) and its rank form (7359/9064/8888)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,9 @@ def test_matches_reference_and_pairwise_form(target_kind: str) -> None:
     got = zlpr(s, target, reduction="none")
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, torch.tensor(ref_rows(s, y), dtype=torch.float64), rtol=0, atol=1e-12)
-    torch.testing.assert_close(got, torch.tensor(pairwise_rows(s, y), dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        got, torch.tensor(pairwise_rows(s, y), dtype=torch.float64), rtol=0, atol=1e-12
+    )
 
 
 def test_bounded_by_bce_with_equality_for_at_most_one_each() -> None:
@@ -128,7 +130,9 @@ def test_bounded_by_bce_with_equality_for_at_most_one_each() -> None:
 
 def test_threshold_is_a_shift() -> None:
     s, y = random_case(seed=2)
-    torch.testing.assert_close(zlpr(s, y, reduction="none", threshold=0.7), zlpr(s - 0.7, y, reduction="none"))
+    torch.testing.assert_close(
+        zlpr(s, y, reduction="none", threshold=0.7), zlpr(s - 0.7, y, reduction="none")
+    )
     torch.testing.assert_close(zlpr_probabilities(s, 0.7), torch.sigmoid(2 * (s - 0.7)))
     assert zlpr_probabilities(s.float()).dtype == torch.float32
 
@@ -161,7 +165,9 @@ def test_rank_form_pairwise_reference_with_gamma_margin() -> None:
     gamma, m = 1.7, 0.3
     want = []
     for row, ys in zip(s.tolist(), y.tolist()):
-        terms = [math.exp(gamma * (a - b + m)) for a, ta in zip(row, ys) for b, tb in zip(row, ys) if not ta and tb]
+        terms = [
+            math.exp(gamma * (a - b + m)) for a, ta in zip(row, ys) for b, tb in zip(row, ys) if not ta and tb
+        ]
         want.append(math.log1p(sum(terms)))
     got = multilabel_rank_loss(s, y, reduction="none", gamma=gamma, margin=m)
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
@@ -184,10 +190,15 @@ def test_soft_hard_targets_identical_through_either_path() -> None:
         torch.testing.assert_close(soft, hard, rtol=0, atol=1e-12)
         s32 = s.float()
         torch.testing.assert_close(
-            zlpr(s32, y.float(), m, reduction="none", soft=True), zlpr(s32, y, m, reduction="none"), rtol=2e-6, atol=2e-6
+            zlpr(s32, y.float(), m, reduction="none", soft=True),
+            zlpr(s32, y, m, reduction="none"),
+            rtol=2e-6,
+            atol=2e-6,
         )
         # soft=False routes 0/1 floating targets through the hard kernel: bitwise the bool result
-        assert torch.equal(zlpr(s32, y.float(), m, reduction="none", soft=False), zlpr(s32, y, m, reduction="none"))
+        assert torch.equal(
+            zlpr(s32, y.float(), m, reduction="none", soft=False), zlpr(s32, y, m, reduction="none")
+        )
         assert torch.equal(zlpr(s32, y.long(), m, reduction="none"), zlpr(s32, y, m, reduction="none"))
 
 
@@ -196,7 +207,9 @@ def test_soft_reference_and_stationary_point() -> None:
     g = torch.Generator().manual_seed(7)
     t = torch.rand(4, 6, generator=g, dtype=torch.float64) * 0.98 + 0.01
     s = torch.randn(4, 6, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(zlpr(s, t, reduction="none"), torch.tensor(ref_rows(s, t, soft=True), dtype=torch.float64))
+    torch.testing.assert_close(
+        zlpr(s, t, reduction="none"), torch.tensor(ref_rows(s, t, soft=True), dtype=torch.float64)
+    )
     s_star = (0.5 * torch.log(t / (1 - t))).requires_grad_()
     zlpr(s_star, t, reduction="sum").backward()
     assert s_star.grad is not None and float(s_star.grad.abs().max()) <= 1e-8
@@ -213,7 +226,9 @@ def test_sparse_equals_dense(extra_pad: int) -> None:
     y[0] = True  # every class positive: negatives' term is exactly 0
     y[1] = False
     idx = to_index(y, width=int(y.sum(-1).max()) + extra_pad)
-    torch.testing.assert_close(sparse(s, idx, reduction="none"), zlpr(s, y, reduction="none"), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        sparse(s, idx, reduction="none"), zlpr(s, y, reduction="none"), rtol=0, atol=1e-12
+    )
     # bert4keras' convention: class 0 reserved as padding -> pad_index=0
     y0 = y.clone()
     y0[:, 0] = False
@@ -235,7 +250,9 @@ def test_sparse_duplicates_have_set_semantics_and_leading_dims() -> None:
 def test_sparse_no_positive_slots_and_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
     s, y = random_case(rows=7, classes=5, seed=10)
     empty = torch.empty(7, 0, dtype=torch.long)
-    torch.testing.assert_close(sparse(s, empty, reduction="none"), zlpr(s, torch.zeros_like(y), reduction="none"))
+    torch.testing.assert_close(
+        sparse(s, empty, reduction="none"), zlpr(s, torch.zeros_like(y), reduction="none")
+    )
     monkeypatch.setattr(ml, "_SPARSE_CHUNK_ELEMENTS", 11)  # 2 rows per chunk
     idx = to_index(y)
     sr = s.clone().requires_grad_()
@@ -290,7 +307,9 @@ def test_finite_at_extreme_scores(soft: bool, scale: float) -> None:
     loss.sum().backward()
     assert s.grad is not None
     assert bool(torch.isfinite(loss).all()) and bool(torch.isfinite(s.grad).all())
-    torch.testing.assert_close(loss.double(), torch.tensor(ref_rows(s.detach(), y, mask), dtype=torch.float64), rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(
+        loss.double(), torch.tensor(ref_rows(s.detach(), y, mask), dtype=torch.float64), rtol=1e-6, atol=1e-3
+    )
     # -inf is allowed for negatives without a mask
     s2 = torch.where(y, torch.zeros(()), torch.full((), float("-inf"))).requires_grad_()
     l2 = zlpr(s2, y, reduction="sum", soft=soft)
@@ -351,7 +370,9 @@ def test_create_graph_gradient_equals_plain_gradient() -> None:
         zero = a.new_zeros((a.shape[0], 1))
         pos = torch.where(m, -a, neg_inf) + torch.log(w)
         neg = torch.where(m, a, neg_inf) + torch.log1p(-w)
-        return (torch.logsumexp(torch.cat([pos, zero], -1), -1) + torch.logsumexp(torch.cat([neg, zero], -1), -1)).sum()
+        return (
+            torch.logsumexp(torch.cat([pos, zero], -1), -1) + torch.logsumexp(torch.cat([neg, zero], -1), -1)
+        ).sum()
 
     full = torch.ones_like(mask)
     cases = [(y, None), (y.double(), mask), (t, None), (t, mask)]
@@ -359,7 +380,9 @@ def test_create_graph_gradient_equals_plain_gradient() -> None:
         a = s.clone().requires_grad_()
         (graph,) = torch.autograd.grad(zlpr(a, target, m, reduction="sum"), a, create_graph=True)
         b = s.clone().requires_grad_()
-        (want,) = torch.autograd.grad(reference(b, target.double(), full if m is None else m), b, create_graph=True)
+        (want,) = torch.autograd.grad(
+            reference(b, target.double(), full if m is None else m), b, create_graph=True
+        )
         torch.testing.assert_close(graph, want, rtol=0, atol=1e-12)
         (hv,) = torch.autograd.grad(graph.pow(2).sum(), a)
         (hv_want,) = torch.autograd.grad(want.pow(2).sum(), b)
@@ -416,7 +439,9 @@ def test_dtypes_and_bf16_autocast() -> None:
     use_mask=st.booleans(),
     soft=st.booleans(),
 )
-def test_permutation_equivariance_and_reductions(rows: int, classes: int, seed: int, use_mask: bool, soft: bool) -> None:
+def test_permutation_equivariance_and_reductions(
+    rows: int, classes: int, seed: int, use_mask: bool, soft: bool
+) -> None:
     g = torch.Generator().manual_seed(seed)
     s = torch.randn(rows, classes, generator=g, dtype=torch.float64) * 4
     t = torch.rand(rows, classes, generator=g, dtype=torch.float64)
@@ -430,7 +455,12 @@ def test_permutation_equivariance_and_reductions(rows: int, classes: int, seed: 
     torch.testing.assert_close(zlpr(s, target, mask, reduction="mean"), none.mean())
     if not soft:
         idx = to_index(target)
-        torch.testing.assert_close(sparse(s, idx[:, torch.randperm(idx.shape[1], generator=g)], reduction="none"), zlpr(s, target, reduction="none"), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            sparse(s, idx[:, torch.randperm(idx.shape[1], generator=g)], reduction="none"),
+            zlpr(s, target, reduction="none"),
+            rtol=0,
+            atol=1e-12,
+        )
         rank = multilabel_rank_loss(s, target, mask, reduction="none")
         torch.testing.assert_close(multilabel_rank_loss(s, target, mask, reduction="sum"), rank.sum())
 

@@ -41,7 +41,9 @@ def test_monotone_preserves_order() -> None:
         assert bool((p[1:] >= p[:-1]).all())
         assert not bool((taylor_softmax(x, n)[0][1:] >= taylor_softmax(x, n)[0][:-1]).all())
         x_star, _f_star = taylor_exp_minimizer(n)
-        low = taylor_softmax(torch.tensor([[x_star - 5, x_star - 1, 0.0]], dtype=torch.float64), n, monotone=True)
+        low = taylor_softmax(
+            torch.tensor([[x_star - 5, x_star - 1, 0.0]], dtype=torch.float64), n, monotone=True
+        )
         assert low[0, 0] == low[0, 1]
 
 
@@ -49,7 +51,10 @@ def test_limit_softmax_and_less_peaked_and_not_shift_invariant() -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 6, generator=g, dtype=torch.float64)
     for n in (2, 4):
-        errs = [float((taylor_softmax(eps * x, n) - torch.softmax(eps * x, -1)).abs().max()) for eps in (1e-1, 5e-2)]
+        errs = [
+            float((taylor_softmax(eps * x, n) - torch.softmax(eps * x, -1)).abs().max())
+            for eps in (1e-1, 5e-2)
+        ]
         assert errs[1] < errs[0] * 0.5 ** (n + 1) * 1.5  # error O(ε^{n+1})
     gap = torch.tensor([[5.0, 0.0, 0.0]], dtype=torch.float64)
     assert float(taylor_softmax(gap, 2).max()) < float(torch.softmax(gap, -1).max())
@@ -91,7 +96,12 @@ def test_dtypes_module_ignore_and_bf16() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(rows=st.integers(1, 5), classes=st.integers(2, 6), seed=st.integers(0, 10_000), order=st.sampled_from([2, 4, 6]))
+@given(
+    rows=st.integers(1, 5),
+    classes=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+    order=st.sampled_from([2, 4, 6]),
+)
 def test_reductions_and_permutation(rows: int, classes: int, seed: int, order: int) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, classes, generator=g, dtype=torch.float64) * 3
@@ -100,7 +110,9 @@ def test_reductions_and_permutation(rows: int, classes: int, seed: int, order: i
     torch.testing.assert_close(taylor_cross_entropy(x, t, order, reduction="sum"), none.sum())
     torch.testing.assert_close(taylor_cross_entropy(x, t, order, reduction="mean"), none.mean())
     perm = torch.randperm(classes, generator=g)
-    torch.testing.assert_close(taylor_cross_entropy(x[:, perm], perm.argsort()[t], order, reduction="none"), none)
+    torch.testing.assert_close(
+        taylor_cross_entropy(x[:, perm], perm.argsort()[t], order, reduction="none"), none
+    )
     torch.testing.assert_close(taylor_softmax(x[:, perm], order), taylor_softmax(x, order)[:, perm])
 
 

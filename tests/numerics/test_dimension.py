@@ -27,7 +27,8 @@ def _h_reference(n: int) -> float:
 
 
 @pytest.mark.parametrize(
-    "n, value", [(32, -7.77471), (64, -15.4734), (96, -23.1726), (128, -30.8718), (256, -61.6692), (512, -123.264)]
+    "n, value",
+    [(32, -7.77471), (64, -15.4734), (96, -23.1726), (128, -30.8718), (256, -61.6692), (512, -123.264)],
 )
 def test_entropy_h_matches_post_table(n: int, value: float) -> None:
     assert entropy_h(n) == pytest.approx(value, abs=1e-3 if n == 512 else 1e-4)
@@ -53,8 +54,9 @@ def test_min_embedding_dim_worked_numbers() -> None:
     assert min_embedding_dim(5e6, rounding=None) == pytest.approx(128.49, abs=1e-2)
     assert min_embedding_dim(512, rounding=None) == pytest.approx(51.97, abs=1e-2)
     assert min_embedding_dim(1e5) == 96
-    assert min_embedding_dim(5e6) == 128  # the post's "≈128"
-    assert min_embedding_dim(5e6, rounding="ceil") == 129  # smallest integer with n > 8.33 log N
+    assert min_embedding_dim(5e6, rounding="round") == 128  # the post's "≈128"
+    assert min_embedding_dim(5e6) == 129  # default: smallest integer with n > 8.33 log N
+    assert min_embedding_dim(1e5, rounding="round") == 96
     assert head_dim_lower_bound(512) == 52
     assert isinstance(min_embedding_dim(1e5), int)
     # the Laplace constant: 2 / (½ log φ)
@@ -98,3 +100,12 @@ def test_bad_inputs() -> None:
         head_dim_lower_bound(1)
     with pytest.raises(ValueError, match="'vocab_size'"):
         entropy_dim(0.5)
+
+
+@pytest.mark.parametrize("n_items", [1e3, 1e5, 1e6, 5e6, 3e7, 1e9])
+def test_min_embedding_dim_default_satisfies_the_bound(n_items: float) -> None:
+    """Regression: N = 1e6 used to give 115 < 8.33·ln N = 115.08 (rounded to nearest)."""
+    n = min_embedding_dim(n_items)
+    assert n > 8.33 * math.log(n_items)
+    assert n - 1 <= 8.33 * math.log(n_items)  # and it is the smallest such integer
+    assert min_embedding_dim(1e6) == 116

@@ -163,7 +163,8 @@ def test_integer_tensors_shift_and_add() -> None:
     nz = (a != 0) & (b != 0)
     ratio = out[nz].double() / (a[nz] * b[nz]).double()
     assert float(ratio.min()) >= 8 / 9 - 1e-15 and float(ratio.max()) <= 1.0
-    i32 = mitchell_multiply(torch.tensor([7, 1 << 20], dtype=torch.int32), torch.tensor([9, 3], dtype=torch.int32))
+    a, b = torch.tensor([7, 1 << 20], dtype=torch.int32), torch.tensor([9, 3], dtype=torch.int32)
+    i32 = mitchell_multiply(a, b)
     assert i32.dtype == torch.int32 and i32.tolist() == [60, 3 << 20]  # 7·9: 32·(1 + 0.75 + 0.125)
     q = mitchell_divide(torch.tensor([7, 100, -9]), torch.tensor([3, 7, 4]))
     assert q.dtype == torch.get_default_dtype()

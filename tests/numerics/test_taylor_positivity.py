@@ -1,4 +1,4 @@
-"""Tests for trainwell.numerics.taylor_positivity (post 7919): even-order Taylor polynomials of exp are positive."""
+"""Tests for trainwell.numerics.taylor_positivity (post 7919): even-order Taylor polynomials of exp > 0."""
 
 from __future__ import annotations
 
@@ -41,7 +41,13 @@ def test_derivative_is_previous_order() -> None:
 
 @pytest.mark.parametrize(
     ("n", "x_star", "f_star"),
-    [(2, -1.0, 0.5), (4, -1.59607, 0.270395), (6, -2.18061, 0.149325), (8, -2.75900, 0.0832715), (10, -3.33355, 0.0466991)],
+    [
+        (2, -1.0, 0.5),
+        (4, -1.59607, 0.270395),
+        (6, -2.18061, 0.149325),
+        (8, -2.75900, 0.0832715),
+        (10, -3.33355, 0.0466991),
+    ],
 )
 def test_minimizer_table(n: int, x_star: float, f_star: float) -> None:
     x, f = taylor_exp_minimizer(n)

@@ -22,7 +22,9 @@ def _g(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def _grads(n: int, shapes: list[tuple[int, ...]], seed: int = 0, dtype: torch.dtype = D) -> list[list[torch.Tensor]]:
+def _grads(
+    n: int, shapes: list[tuple[int, ...]], seed: int = 0, dtype: torch.dtype = D
+) -> list[list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(s, generator=g, dtype=dtype) for s in shapes] for _ in range(n)]
 
@@ -96,10 +98,18 @@ def test_sgdm_union_batch_trajectory() -> None:
 def test_k1_bit_identical_to_torch(foreach: bool, dtype: torch.dtype) -> None:
     grads = _grads(12, SHAPES, dtype=dtype)
     cases: list[tuple[type, type, dict[str, Any], dict[str, Any]]] = [
-        (AccumSGDM, torch.optim.SGD, dict(momentum=0.9, weight_decay=0.1),
-         dict(momentum=0.9, weight_decay=0.1)),
-        (AccumAdamW, torch.optim.AdamW, dict(betas=(0.8, 0.99), weight_decay=0.1),
-         dict(betas=(0.8, 0.99), weight_decay=0.1)),
+        (
+            AccumSGDM,
+            torch.optim.SGD,
+            dict(momentum=0.9, weight_decay=0.1),
+            dict(momentum=0.9, weight_decay=0.1),
+        ),
+        (
+            AccumAdamW,
+            torch.optim.AdamW,
+            dict(betas=(0.8, 0.99), weight_decay=0.1),
+            dict(betas=(0.8, 0.99), weight_decay=0.1),
+        ),
     ]
     for ours_cls, ref_cls, kw, ref_kw in cases:
         for maximize in (False, True):
@@ -147,8 +157,9 @@ def test_adamw_identical_micro_grads_equal_plain_adamw(eps_inside_sqrt: bool) ->
     ref = [p.detach().clone() for p in ps]
     m = [torch.zeros_like(r) for r in ref]
     v = [torch.zeros_like(r) for r in ref]
-    opt = AccumAdamW(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, accum_steps=k,
-                     eps_inside_sqrt=eps_inside_sqrt)
+    opt = AccumAdamW(
+        ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, accum_steps=k, eps_inside_sqrt=eps_inside_sqrt
+    )
     grads = _grads(cycles, SHAPES, seed=5)
     for c in range(cycles):
         for _ in range(k):
@@ -410,7 +421,9 @@ def test_bad_inputs_name_the_argument() -> None:
     damp_is_beta=hst.booleans(),
     seed=hst.integers(0, 2**16),
 )
-def test_sgdm_buffer_equivalence_property(k: int, cycles: int, beta: float, damp_is_beta: bool, seed: int) -> None:
+def test_sgdm_buffer_equivalence_property(
+    k: int, cycles: int, beta: float, damp_is_beta: bool, seed: int
+) -> None:
     damp = beta if damp_is_beta else 0.0
     p = torch.nn.Parameter(torch.zeros(6, dtype=D))
     opt = AccumSGDM([p], lr=0.3, momentum=beta, dampening=damp, accum_steps=k)
@@ -426,8 +439,17 @@ def test_sgdm_buffer_equivalence_property(k: int, cycles: int, beta: float, damp
         torch.testing.assert_close(p.detach(), ref, rtol=0, atol=1e-12)
 
 
-def _spec_accum_adamw(p0: list[torch.Tensor], gseq: list[list[torch.Tensor | None]], lr: float, b1: float,
-                      b2: float, eps: float, wd: float, k: int, inside: bool) -> list[torch.Tensor]:
+def _spec_accum_adamw(
+    p0: list[torch.Tensor],
+    gseq: list[list[torch.Tensor | None]],
+    lr: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    wd: float,
+    k: int,
+    inside: bool,
+) -> list[torch.Tensor]:
     """Spec §2.4 reference pseudo-code, written out per micro-step (float64, grad None = 0)."""
     ps = [p.clone() for p in p0]
     m = [torch.zeros_like(p) for p in ps]
@@ -455,7 +477,10 @@ def test_adamw_distinct_micro_grads_match_spec_pseudocode(foreach: bool, eps_ins
     g = torch.Generator().manual_seed(21)
     p0 = [torch.randn(s, generator=g, dtype=D) for s in SHAPES]
     gseq: list[list[torch.Tensor | None]] = [
-        [None if (t % 5 == 2 and j == 1) else torch.randn(s, generator=g, dtype=D) for j, s in enumerate(SHAPES)]
+        [
+            None if (t % 5 == 2 and j == 1) else torch.randn(s, generator=g, dtype=D)
+            for j, s in enumerate(SHAPES)
+        ]
         for t in range(steps)
     ]
     ps = [torch.nn.Parameter(p.clone()) for p in p0]
@@ -472,7 +497,9 @@ def test_adamw_distinct_micro_grads_match_spec_pseudocode(foreach: bool, eps_ins
     ref = _spec_accum_adamw(p0, gseq, 0.01, 0.8, 0.95, 1e-3, 0.1, k, eps_inside_sqrt)
     for p, r in zip(ps, ref):
         torch.testing.assert_close(p.detach(), r, rtol=0, atol=1e-12)
-    assert torch.equal(frozen, torch.ones(3, dtype=D)) and frozen not in opt.state  # frozen: no decay, no state
+    assert (
+        torch.equal(frozen, torch.ones(3, dtype=D)) and frozen not in opt.state
+    )  # frozen: no decay, no state
 
 
 def test_sgdm_positional_order_matches_issue_signature() -> None:
@@ -531,3 +558,114 @@ def test_num_updates_round_trips_through_state_dict() -> None:
     opt2 = AccumAdamW([q], lr=0.1, accum_steps=2)
     opt2.load_state_dict(opt.state_dict())
     assert opt2.num_updates == 2 and opt2.cycle_position == 1
+
+
+def _adamw_run(make: Any, steps: int = 4, with_none: bool = False) -> list[torch.Tensor]:
+    torch.manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(9, 7)), torch.nn.Parameter(torch.randn(5))]
+    opt = make(params)
+    g = torch.Generator().manual_seed(4)
+    for i in range(steps):
+        for j, p in enumerate(params):
+            p.grad = None if (with_none and j == 1 and i == 2) else torch.randn(p.shape, generator=g)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_fused_k1_is_bit_identical_to_torch_fused_adamw() -> None:
+    kw = dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1)
+    ours = _adamw_run(lambda ps: AccumAdamW(ps, fused=True, **kw))
+    ref = _adamw_run(lambda ps: torch.optim.AdamW(ps, fused=True, **kw))
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    # and the default kernels stay bit-identical to torch's for-loop AdamW
+    ours = _adamw_run(lambda ps: AccumAdamW(ps, **kw))
+    ref = _adamw_run(lambda ps: torch.optim.AdamW(ps, foreach=False, **kw))
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+
+
+def test_fused_keeps_the_grad_none_rule() -> None:
+    """A parameter without a gradient still decays its moments and moves (AccumAdamW's rule, not torch's)."""
+    kw = dict(lr=1e-2, weight_decay=0.1)
+    fused = _adamw_run(lambda ps: AccumAdamW(ps, fused=True, **kw), with_none=True)
+    plain = _adamw_run(lambda ps: AccumAdamW(ps, **kw), with_none=True)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_fused_falls_back_for_accumulation_and_resumes() -> None:
+    kw = dict(lr=1e-2, accum_steps=2)
+    for a, b in zip(
+        _adamw_run(lambda ps: AccumAdamW(ps, fused=True, **kw)), _adamw_run(lambda ps: AccumAdamW(ps, **kw))
+    ):
+        assert torch.equal(a, b)
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = AccumAdamW(params, fused=True)
+    params[0].grad = torch.ones(3)
+    opt.step()
+    opt2 = AccumAdamW([torch.nn.Parameter(params[0].detach().clone())], fused=True)
+    opt2.load_state_dict(opt.state_dict())
+    assert float(opt2.state[opt2.param_groups[0]["params"][0]]["update_step"]) == 1.0
+    with pytest.raises(ValueError, match="'fused'"):
+        AccumAdamW(params, fused=True, foreach=True)
+    with pytest.raises(TypeError, match="'fused'"):
+        AccumAdamW(params, fused=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_functional_accum_adamw_matches_the_class(foreach: bool) -> None:
+    from trainwell.optim import accum_adamw
+
+    ref = _adamw_run(lambda ps: AccumAdamW(ps, lr=1e-2, weight_decay=0.1, accum_steps=2))
+    torch.manual_seed(3)
+    params = [torch.randn(9, 7), torch.randn(5)]
+    ms = [torch.zeros_like(p) for p in params]
+    vs = [torch.zeros_like(p) for p in params]
+    g = torch.Generator().manual_seed(4)
+    for i in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        accum_adamw(
+            params,
+            grads,
+            ms,
+            vs,
+            i // 2 + 1,
+            lr=1e-2,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.1,
+            accum_steps=2,
+            first=i % 2 == 0,
+            last=i % 2 == 1,
+            foreach=foreach,
+        )
+    for a, b in zip(params, ref):
+        torch.testing.assert_close(a, b, atol=0, rtol=0) if not foreach else torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="'update_step'"):
+        accum_adamw(params, grads, ms, vs, 0, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_functional_accum_sgdm_matches_the_class(foreach: bool) -> None:
+    from trainwell.optim import accum_sgdm
+
+    torch.manual_seed(3)
+    init = [torch.randn(9, 7), torch.randn(5)]
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = AccumSGDM(params, lr=1e-2, momentum=0.9, weight_decay=0.1, accum_steps=2)
+    flat = [p.clone() for p in init]
+    bufs = [torch.zeros_like(p) for p in flat]
+    g = torch.Generator().manual_seed(4)
+    for i in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in flat]
+        for p, gr in zip(params, grads):
+            p.grad = gr.clone()
+        opt.step()
+        accum_sgdm(flat, grads, bufs, lr=1e-2, momentum=0.9, weight_decay=0.1, accum_steps=2,
+                   first=i % 2 == 0, last=i % 2 == 1, foreach=foreach)
+    for a, b in zip(flat, params):
+        torch.testing.assert_close(a, b.detach(), atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match="'grads'"):
+        accum_sgdm(flat, grads[:1], bufs, lr=1e-2)

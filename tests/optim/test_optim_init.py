@@ -19,7 +19,10 @@ def test_variance_formulas_and_ordering() -> None:
             c = twinit.average_dimension(m, n, "contraharmonic")
             assert a == (m + n) / 2 and g == math.sqrt(m * n) and c == (m * m + n * n) / (m + n)
             assert c >= a * (1 - 1e-15) and a >= g * (1 - 1e-15)
-            assert twinit.average_dimension(m, n, "fan_in") == m and twinit.average_dimension(m, n, "fan_out") == n
+            assert (
+                twinit.average_dimension(m, n, "fan_in") == m
+                and twinit.average_dimension(m, n, "fan_out") == n
+            )
     for m in (1, 7, 512):
         vals = {twinit.average_dimension(m, m, av) for av in twinit.AVERAGES}
         assert max(vals) - min(vals) < 1e-12 * m

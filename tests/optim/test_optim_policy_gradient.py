@@ -73,7 +73,9 @@ def test_reductions_dtypes_and_gradient_only_meaning() -> None:
     logp = torch.randn(2, 3, 4, requires_grad=True)
     r = torch.rand(2, 3, 4)
     assert reinforce_loss(logp, r, reduction="none").shape == (2, 3, 4)
-    torch.testing.assert_close(reinforce_loss(logp, r, reduction="sum"), reinforce_loss(logp, r, reduction="none").sum())
+    torch.testing.assert_close(
+        reinforce_loss(logp, r, reduction="sum"), reinforce_loss(logp, r, reduction="none").sum()
+    )
     out = reinforce_loss(logp.to(torch.bfloat16), r)
     assert out.dtype == torch.float32 and bool(torch.isfinite(out))
     # rewards are detached: no gradient flows into them

@@ -47,8 +47,9 @@ def test_closed_form_after_100_steps(granularity: str) -> None:
             expo = sum(x.sum() for x in prods)
         else:
             expo = sum(grads[t - 1][i].mul(grads[t][i]).sum() for t in range(1, 101) for i in range(2))
-        torch.testing.assert_close(opt.multipliers(p).to(D), torch.exp(gamma * torch.as_tensor(expo)).to(D), rtol=1e-12,
-                                   atol=1e-12)
+        torch.testing.assert_close(
+            opt.multipliers(p).to(D), torch.exp(gamma * torch.as_tensor(expo)).to(D), rtol=1e-12, atol=1e-12
+        )
 
 
 def test_log_nu_step_is_minus_gamma_times_autograd_hypergradient() -> None:
@@ -79,7 +80,9 @@ def test_log_nu_step_is_minus_gamma_times_autograd_hypergradient() -> None:
     torch.testing.assert_close(opt.adapter_state[p]["log_nu"], -gamma * hyper, rtol=0, atol=1e-10)
 
 
-def _quadratic_run(eta: float, gamma: float, steps: int = 200, nu_max: float = 1e2) -> tuple[list[float], float]:
+def _quadratic_run(
+    eta: float, gamma: float, steps: int = 200, nu_max: float = 1e2
+) -> tuple[list[float], float]:
     x = torch.nn.Parameter(torch.tensor([1.0], dtype=D))
     opt = _sgd_wrapper([x], eta, meta_lr=gamma, nu_max=nu_max)
     rates = []

@@ -144,7 +144,8 @@ def test_zo_matches_policy_gradient_direction() -> None:
         return (torch.argmax(X @ th.T, -1) == labels).to(D).mean()
 
     q = torch.nn.Parameter(theta0.clone())
-    zo_grad(lambda: -accuracy(q), [q], num_samples=2000, sigma=0.3, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    zo_grad(lambda: -accuracy(q), [q], num_samples=2000, sigma=0.3, generator=gen)
     cos_argmax = torch.nn.functional.cosine_similarity(-_g(q).flatten(), pg.flatten(), dim=0)
     assert float(cos_argmax) > 0.0
 
@@ -154,9 +155,13 @@ def test_zo_seed_replay_is_deterministic_and_accumulates() -> None:
     before = p.detach().clone()
     for dist in ("gaussian", "rademacher", "sphere"):
         p.grad = None
-        zo_grad(lambda: (p**2).sum(), [p], 3, 0.1, distribution=dist, generator=torch.Generator().manual_seed(5))
+        zo_grad(
+            lambda: (p**2).sum(), [p], 3, 0.1, distribution=dist, generator=torch.Generator().manual_seed(5)
+        )
         first = _g(p).clone()
-        zo_grad(lambda: (p**2).sum(), [p], 3, 0.1, distribution=dist, generator=torch.Generator().manual_seed(5))
+        zo_grad(
+            lambda: (p**2).sum(), [p], 3, 0.1, distribution=dist, generator=torch.Generator().manual_seed(5)
+        )
         torch.testing.assert_close(p.grad, 2 * first, rtol=1e-12, atol=0)  # adds, like backward
         torch.testing.assert_close(p.detach(), before, rtol=0, atol=1e-14)
 
@@ -165,8 +170,15 @@ def test_zo_seed_replay_is_deterministic_and_accumulates() -> None:
 def test_forward_baselines_unbiased_for_linear(baseline: str) -> None:
     w = torch.tensor([1.0, -2.0, 0.5], dtype=D)
     p = torch.nn.Parameter(torch.zeros(3, dtype=D))
-    zo_grad(lambda: w @ p + 3.0, [p], num_samples=5_000, sigma=1.0, antithetic=False, baseline=baseline,
-            generator=torch.Generator().manual_seed(6))
+    zo_grad(
+        lambda: w @ p + 3.0,
+        [p],
+        num_samples=5_000,
+        sigma=1.0,
+        antithetic=False,
+        baseline=baseline,
+        generator=torch.Generator().manual_seed(6),
+    )
     tol = 0.3 if baseline == "none" else 0.2  # ≈5 standard errors; without a baseline f = 3 adds variance
     torch.testing.assert_close(p.grad, w, rtol=0, atol=tol)
 
@@ -262,8 +274,14 @@ def test_mgs_step_applies_weighted_candidates_and_is_reproducible() -> None:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = mgs_step(task_loss, [p], [0.1 * (target - x0)], num_candidates=6, sigma=0.05,
-                           generator=torch.Generator().manual_seed(seed))
+            res = mgs_step(
+                task_loss,
+                [p],
+                [0.1 * (target - x0)],
+                num_candidates=6,
+                sigma=0.05,
+                generator=torch.Generator().manual_seed(seed),
+            )
         return p.detach().clone(), seen, res
 
     a, seen, res = run(0)
@@ -275,8 +293,10 @@ def test_mgs_step_applies_weighted_candidates_and_is_reproducible() -> None:
     dl = vals[1:] - vals[0]
     mu, sig = (0.1 * (target - x0)).flatten(), 0.05
     flat = deltas.flatten(1)
-    log_q = torch.logaddexp(math.log(0.5) - flat.pow(2).sum(1) / (2 * sig**2),
-                            math.log(0.5) - (flat - mu).pow(2).sum(1) / (2 * sig**2))
+    log_q = torch.logaddexp(
+        math.log(0.5) - flat.pow(2).sum(1) / (2 * sig**2),
+        math.log(0.5) - (flat - mu).pow(2).sum(1) / (2 * sig**2),
+    )
     alpha = max(float(dl.std(unbiased=False)), 1e-8)
     w_ref = torch.softmax(-dl / alpha - log_q, 0)
     torch.testing.assert_close(res.weights, w_ref, rtol=1e-9, atol=1e-12)  # type: ignore[attr-defined]
@@ -302,8 +322,9 @@ def test_sampling_view_step_is_gibbs_mean_on_the_ball(d: int) -> None:
         assert cos < -1 + 1e-12  # direction -g
         assert float(delta.norm()) == pytest.approx(-mean, rel=1e-4, abs=1e-9)
     small = torch.full((d,), 1e-4 / math.sqrt(d), dtype=D)  # ‖g‖ = 1e-4: GD with lr ε²/((d+2)α)
-    torch.testing.assert_close(sampling_view_step(small, eps, alpha)[0], -eps**2 / ((d + 2) * alpha) * small,
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        sampling_view_step(small, eps, alpha)[0], -(eps**2) / ((d + 2) * alpha) * small, rtol=1e-6, atol=0
+    )
     big = torch.full((d,), 1e9, dtype=D)
     assert float(sampling_view_step(big, eps, alpha)[0].norm()) == pytest.approx(eps, rel=1e-3)
 
@@ -336,8 +357,15 @@ def test_mean_baseline_is_leave_one_out_and_unbiased_at_two_samples() -> None:
         seen.append((p.detach().clone(), float(val)))
         return val
 
-    zo_grad(f, [p], num_samples=n, sigma=sigma, antithetic=False, baseline="mean",
-            generator=torch.Generator().manual_seed(8))
+    zo_grad(
+        f,
+        [p],
+        num_samples=n,
+        sigma=sigma,
+        antithetic=False,
+        baseline="mean",
+        generator=torch.Generator().manual_seed(8),
+    )
     u = torch.stack([(pt - x0) / sigma for pt, _ in seen])
     vals = torch.tensor([v for _, v in seen], dtype=D)
     loo = (vals.sum() - vals) / (n - 1)  # mean of the *other* samples
@@ -350,7 +378,9 @@ def test_mean_baseline_is_leave_one_out_and_unbiased_at_two_samples() -> None:
     est = torch.empty(reps, 3, dtype=D)
     for i in range(reps):
         q.grad = None
-        zo_grad(lambda: w @ q, [q], num_samples=2, sigma=1.0, antithetic=False, baseline="mean", generator=gen)
+        zo_grad(
+            lambda: w @ q, [q], num_samples=2, sigma=1.0, antithetic=False, baseline="mean", generator=gen
+        )
         est[i] = _g(q)
     se = est.std(0) / math.sqrt(reps)
     assert bool(((est.mean(0) - w).abs() < 5 * se).all())
@@ -360,5 +390,7 @@ def test_mean_baseline_is_leave_one_out_and_unbiased_at_two_samples() -> None:
 
 def test_zero_differences_still_write_a_zero_gradient() -> None:
     p = torch.nn.Parameter(torch.ones(4))
-    zo_grad(lambda: torch.tensor(1.0), [p], num_samples=3, sigma=0.1, generator=torch.Generator().manual_seed(0))
+    zo_grad(
+        lambda: torch.tensor(1.0), [p], num_samples=3, sigma=0.1, generator=torch.Generator().manual_seed(0)
+    )
     assert p.grad is not None and torch.equal(p.grad, torch.zeros(4))

@@ -277,7 +277,8 @@ def test_sparse_embedding():
     dense_model.emb.sparse = False
     expected, _ = reference_fgm(dense_model, ids, y, 0.5, "matrix")
     FGM(model.emb, epsilon=0.5).step(closure_for(model, ids, y))
-    torch.testing.assert_close(model.emb.weight.grad.to_dense(), expected["emb.weight"], rtol=1e-10, atol=1e-12)
+    grad = model.emb.weight.grad.to_dense()
+    torch.testing.assert_close(grad, expected["emb.weight"], rtol=1e-10, atol=1e-12)
 
 
 def test_frozen_embedding_output_mode():
@@ -294,7 +295,11 @@ def test_frozen_embedding_output_mode():
 def _tiny_bert():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
         num_labels=3,
     )
     torch.manual_seed(0)
@@ -372,6 +377,7 @@ def test_bad_inputs():
         FGM(other, mode="output").step(closure_for(model, ids, y))  # never called by the closure
     w0 = model.emb.weight.detach().clone()
     with pytest.raises(RuntimeError, match="boom"):
+
         def bad():
             if fgm.last_perturbation is None and calls.append(1) is None and len(calls) > 1:
                 raise RuntimeError("boom")

@@ -39,7 +39,9 @@ def data():
 def make_regs(emb: nn.Module, ddp_model=None):
     return {
         "fgm_output": FGM(emb, epsilon=0.5, mode="output", ddp_model=ddp_model),
-        "fgm_output_clean": FGM(emb, epsilon=0.5, mode="output", include_clean_loss=True, ddp_model=ddp_model),
+        "fgm_output_clean": FGM(
+            emb, epsilon=0.5, mode="output", include_clean_loss=True, ddp_model=ddp_model
+        ),
         "pgd_output": PGD(emb, epsilon=0.5, alpha=0.2, steps=3, mode="output", ddp_model=ddp_model),
         "fast_gp_per_sample": FastGradientPenalty(emb, epsilon=0.1, per_sample=True, ddp_model=ddp_model),
     }
@@ -109,4 +111,6 @@ def test_ddp_step_matches_single_process_union_batch(tmp_path, monkeypatch):
             # the attack passes ran under no_sync: exactly one all-reduce round per step
             assert ranks[r][name + "/allreduce_calls"] == plain_calls, name
             for n, p in model.named_parameters():
-                torch.testing.assert_close(ranks[r][name][n], p.grad, rtol=1e-9, atol=1e-12, msg=f"{name} {n}")
+                torch.testing.assert_close(
+                    ranks[r][name][n], p.grad, rtol=1e-9, atol=1e-12, msg=f"{name} {n}"
+                )

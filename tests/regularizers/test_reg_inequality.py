@@ -71,10 +71,17 @@ def test_inequality_holds_and_sides_match_independent_values(act, bias):
         total = 0.0
         for i in idx:
             h = net[:i](x[0]).detach()
-            J = torch.autograd.functional.jacobian(lambda v, p=net[:i]: p(v), x[0]) if i else torch.eye(4).double()
+            J = (
+                torch.autograd.functional.jacobian(lambda v, p=net[:i]: p(v), x[0])
+                if i
+                else torch.eye(4).double()
+            )
             sJ = torch.linalg.matrix_norm(J, 2)
             if float(sJ) > 0:
-                total += float((float(bias) + h.pow(2).sum()) / (torch.linalg.matrix_norm(net[i].weight.detach(), 2) * sJ) ** 2)
+                total += float(
+                    (float(bias) + h.pow(2).sum())
+                    / (torch.linalg.matrix_norm(net[i].weight.detach(), 2) * sJ) ** 2
+                )
         torch.testing.assert_close(lhs[0], gx.pow(2).sum().detach() * total)
     assert max(ratios) < 1.0
 

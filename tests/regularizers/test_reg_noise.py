@@ -73,14 +73,18 @@ def test_noisy_loss_sigma_to_zero_and_linear_mse_exact():
 
     clean = mse(net(x), y)
     torch.testing.assert_close(noisy_loss(net, x, y, mse, 0.0, 3), clean)
-    gaps = [abs(float((noisy_loss(net, x, y, mse, s, 2, antithetic=True) - clean).detach())) for s in (1e-2, 1e-3)]
+    gaps = [
+        abs(float((noisy_loss(net, x, y, mse, s, 2, antithetic=True) - clean).detach())) for s in (1e-2, 1e-3)
+    ]
     assert gaps[1] < gaps[0] / 20  # O(σ²) with antithetic noise
     # linear model + MSE: E‖W(x+ε)+b−y‖² = ‖Wx+b−y‖² + σ²‖W‖_F² (Monte Carlo, 40k draws per sample)
     torch.manual_seed(1)
     lin = nn.Linear(3, 4).double()
     sigma = 0.3
     with torch.no_grad():
-        mc = noisy_loss(lin, x, y, mse, sigma, 40000, antithetic=True, generator=torch.Generator().manual_seed(2))
+        mc = noisy_loss(
+            lin, x, y, mse, sigma, 40000, antithetic=True, generator=torch.Generator().manual_seed(2)
+        )
         exact = mse(lin(x), y) + sigma**2 * lin.weight.pow(2).sum()
     assert abs(float(mc / exact) - 1) < 5e-3
 
@@ -100,8 +104,9 @@ def test_expansion_a_laplacian():
     errs = []
     for sigma in (0.1, 0.05):
         with torch.no_grad():
-            mc = noisy_loss(net, x, y, ce, sigma, 200000, antithetic=True,
-                            generator=torch.Generator().manual_seed(0))
+            mc = noisy_loss(
+                net, x, y, ce, sigma, 200000, antithetic=True, generator=torch.Generator().manual_seed(0)
+            )
             clean = ce(net(x), y)
         errs.append(abs(float((mc - clean) / (0.5 * sigma**2 * lap)) - 1))
     assert errs[1] < errs[0] and errs[1] < 0.01, errs
@@ -122,10 +127,12 @@ def test_expansion_b_kl_and_mse():
     kl_ref = 0.5 * sigma**2 * (p * J.pow(2).sum(1)).sum()
     mse_ref = sigma**2 * jac(net, x[0]).pow(2).sum()
     with torch.no_grad():
-        kl = noise_consistency_loss(net, x, sigma, kind="kl", n_samples=100000,
-                                    generator=torch.Generator().manual_seed(0))
-        mse = noise_consistency_loss(net, x, sigma, kind="mse", n_samples=100000,
-                                     generator=torch.Generator().manual_seed(1))
+        kl = noise_consistency_loss(
+            net, x, sigma, kind="kl", n_samples=100000, generator=torch.Generator().manual_seed(0)
+        )
+        mse = noise_consistency_loss(
+            net, x, sigma, kind="mse", n_samples=100000, generator=torch.Generator().manual_seed(1)
+        )
     assert abs(float(kl / kl_ref) - 1) < 0.03
     assert abs(float(mse / mse_ref) - 1) < 0.03
     # exactly zero (value and gradient) at σ = 0
@@ -150,8 +157,9 @@ def test_random_sign_identity_exact_over_all_patterns():
     torch.testing.assert_close(est, ref)
     torch.testing.assert_close(jacobian_penalty(out, x, w, reduction="none"), ref)
     # unbiased with random draws
-    mc = random_sign_gradient_penalty(out, x, w, n_projections=3000, reduction="none",
-                                      generator=torch.Generator().manual_seed(0))
+    mc = random_sign_gradient_penalty(
+        out, x, w, n_projections=3000, reduction="none", generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(mc, ref, rtol=0.08, atol=0)
     # trainable: gradcheck through the double backward
     net2 = smooth_net(k=2, seed=5)

@@ -49,7 +49,9 @@ def test_finite_difference_hvp_converges_to_exact_hvp():
     x = torch.randn(3, 4, dtype=torch.float64)
     target = model(x).detach()
     u = per_sample_unit(torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
-    _, hu = torch.autograd.functional.hvp(lambda r: kl_rows(target, model(x + r)).mean(), torch.zeros_like(x), u)
+    _, hu = torch.autograd.functional.hvp(
+        lambda r: kl_rows(target, model(x + r)).mean(), torch.zeros_like(x), u
+    )
     expected = per_sample_unit(hu)
     errs = []
     for xi in (1e-2, 5e-3, 2.5e-3, 1e-6):
@@ -67,14 +69,25 @@ def test_power_iteration_finds_top_eigenvector():
     H = H.reshape(4, 4)
     evals, evecs = torch.linalg.eigh(H)
     top = evecs[:, -1]
-    r = vat_perturbation(model, x, target, epsilon=1.0, xi=1e-6, power_iterations=60,
-                         generator=torch.Generator().manual_seed(0))
+    r = vat_perturbation(
+        model,
+        x,
+        target,
+        epsilon=1.0,
+        xi=1e-6,
+        power_iterations=60,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert abs(float(r.flatten() @ top)) > 0.99999
     # one iteration from random directions raises the mean Rayleigh quotient
-    r0s = [vat_perturbation(model, x, target, power_iterations=0, generator=torch.Generator().manual_seed(s))
-           for s in range(30)]
-    r1s = [vat_perturbation(model, x, target, power_iterations=1, generator=torch.Generator().manual_seed(s))
-           for s in range(30)]
+    r0s = [
+        vat_perturbation(model, x, target, power_iterations=0, generator=torch.Generator().manual_seed(s))
+        for s in range(30)
+    ]
+    r1s = [
+        vat_perturbation(model, x, target, power_iterations=1, generator=torch.Generator().manual_seed(s))
+        for s in range(30)
+    ]
     rq0 = sum(float(v.flatten() @ H @ v.flatten()) for v in r0s) / 30
     rq1 = sum(float(v.flatten() @ H @ v.flatten()) for v in r1s) / 30
     assert rq0 < rq1 <= float(evals[-1]) + 1e-12
@@ -89,7 +102,9 @@ def test_norms_and_isotropy_at_k0():
     assert abs(float(rg.norm()) - 0.8) < 1e-12
     # K = 0: isotropic direction (mean ≈ 0, covariance ≈ ε²/d · I); statistical, 4000 samples
     xs = torch.randn(4000, 3, dtype=torch.float64)
-    r0 = vat_perturbation(model, xs, epsilon=1.0, power_iterations=0, generator=torch.Generator().manual_seed(1))
+    r0 = vat_perturbation(
+        model, xs, epsilon=1.0, power_iterations=0, generator=torch.Generator().manual_seed(1)
+    )
     assert float(r0.mean(0).abs().max()) < 0.05
     cov = r0.T @ r0 / 4000
     torch.testing.assert_close(cov, torch.eye(3, dtype=torch.float64) / 3, atol=0.03, rtol=0)
@@ -101,8 +116,9 @@ def test_lds_nonnegative_and_zero_for_constant_model():
     gen = torch.Generator()
     per = vat_loss(model, x, epsilon=2.0, reduction="none", generator=gen.manual_seed(0))
     assert per.shape == (8,) and bool((per >= 0).all())
-    torch.testing.assert_close(vat_loss(model, x, epsilon=2.0, reduction="sum", generator=gen.manual_seed(0)),
-                               per.sum())
+    torch.testing.assert_close(
+        vat_loss(model, x, epsilon=2.0, reduction="sum", generator=gen.manual_seed(0)), per.sum()
+    )
 
     class Const(nn.Module):
         def __init__(self):
@@ -248,11 +264,19 @@ def test_vat_autocast_power_iteration_in_float32():
 def _tiny_bert():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
         num_labels=2,
     )
     torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(cfg), torch.randint(1, 100, (3, 7)), torch.tensor([0, 1, 1])
+    return (
+        transformers.BertForSequenceClassification(cfg),
+        torch.randint(1, 100, (3, 7)),
+        torch.tensor([0, 1, 1]),
+    )
 
 
 @pytest.mark.parametrize("mode", ["output", "matrix"])

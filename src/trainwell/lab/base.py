@@ -134,14 +134,36 @@ class MethodStats:
     def to_json(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "values": [float(v) for v in self.values]}
 
-    def clearly_above(self, other: MethodStats) -> bool:
-        """Whether this mean beats ``other``'s by more than their pooled seed-to-seed std.
+    def paired_ci(self, other: MethodStats, confidence: float = 0.95) -> tuple[float, float, float]:
+        """``(mean, low, high)`` of the paired per-seed difference ``self − other`` with its bootstrap CI.
 
-        ``mean_a - mean_b > sqrt((std_a² + std_b²) / 2)``: a gain smaller than the spread between seeds is
-        not called a win. With one seed each (std 0) it reduces to ``mean_a > mean_b``.
+        The values are paired by position (the runner keeps them in seed order, and within a seed every
+        method shares initial weights and data order). The CI is
+        :func:`trainwell.compare.stats.paired_bootstrap_ci` (10,000 resamples, fixed seed), the statistic
+        ``trainwell compare`` reports. Fewer than 2 pairs give NaN bounds.
         """
-        pooled = math.sqrt((self.std**2 + other.std**2) / 2)
-        return self.mean - other.mean > pooled
+        from trainwell.compare.stats import paired_bootstrap_ci
+
+        k = min(len(self.values), len(other.values))
+        diffs = [float(a) - float(b) for a, b in zip(self.values[:k], other.values[:k])]
+        if k < 2 or not all(math.isfinite(d) for d in diffs):
+            return (float(np.mean(diffs)) if diffs else math.nan), math.nan, math.nan
+        lo, hi = paired_bootstrap_ci(diffs, confidence=confidence)
+        return float(np.mean(diffs)), lo, hi
+
+    def clearly_above(self, other: MethodStats, higher_is_better: bool = True) -> bool:
+        """Whether this method beats ``other``: the 95% CI of the paired per-seed difference excludes 0.
+
+        ``higher_is_better=True``: the CI of ``self − other`` lies above 0; ``False``: below 0. The same
+        rule as the "helps" verdict of ``trainwell compare`` (:func:`trainwell.compare.stats.verdict`).
+        With fewer than 2 paired seeds nothing is established and it returns False. With 3 seeds the
+        percentile bootstrap's 2.5% quantile is the smallest difference, so the rule reads "better on
+        every seed"; with more seeds it tolerates an occasional loss.
+        """
+        _, lo, hi = self.paired_ci(other)
+        if math.isnan(lo):
+            return False
+        return lo > 0 if higher_is_better else hi < 0
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.std:.4f}"

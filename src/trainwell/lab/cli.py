@@ -56,11 +56,18 @@ def _parser() -> argparse.ArgumentParser:
                      "else torch's; 1 avoids oversubscription on a busy machine)")
     lab.add_argument("--list", action="store_true", help="list experiments and exit")
     lab.set_defaults(mode="quick")
+    sub.add_parser("compare", add_help=False,
+                   help="compare techniques on your own task: trainwell compare CONFIG.toml (docs/compare.md)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainwell`` script; returns the exit code (never raises SystemExit)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # its own parser: trainwell compare CONFIG.toml [options]
+        from trainwell.compare.cli import main as compare_main
+
+        return compare_main(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse already printed the message; hand back its code

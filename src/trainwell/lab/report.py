@@ -8,7 +8,8 @@ from typing import Any
 
 from trainwell.lab.io import atomic_write_text, read_json
 
-__all__ = ["claims_summary", "collect", "results_markdown", "summary_table", "write_index"]
+__all__ = ["claims_summary", "collect", "paired_ci_cell", "paired_ci_header", "results_markdown", "summary_table",
+           "write_index"]
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
@@ -27,6 +28,27 @@ def collect(out: Path) -> list[dict[str, Any]]:
 
 def _fmt(s: dict[str, Any]) -> str:
     return f"{s['mean']:.4f} ± {s['std']:.4f}"
+
+
+def paired_ci_header(r: dict[str, Any]) -> str:
+    """Column title of :func:`paired_ci_cell`: the paired difference to the experiment's first method."""
+    first = next(iter(r["results"]), "?")
+    return f"Δ vs {first} [95% paired CI]"
+
+
+def paired_ci_cell(r: dict[str, Any], method: str) -> str:
+    """``"+0.0110 [+0.0040, +0.0180]"``: mean per-seed difference of ``method`` to the first method with its
+    95% paired bootstrap CI (:meth:`~trainwell.lab.base.MethodStats.paired_ci`, the judges' statistic)."""
+    from trainwell.lab.base import MethodStats
+
+    ref = next(iter(r["results"]), None)
+    if ref is None or method == ref:
+        return "—"
+    mean, lo, hi = MethodStats(list(r["results"][method]["values"])).paired_ci(
+        MethodStats(list(r["results"][ref]["values"])))
+    if lo != lo:  # NaN: fewer than 2 paired seeds
+        return f"{mean:+.4f} (1 seed: no CI)" if mean == mean else "—"
+    return f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def summary_table(results: list[dict[str, Any]]) -> str:
@@ -61,8 +83,8 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
         out += [f"## {r.get('title', r['experiment'])} (`{r['experiment']}`)", "",
                 f"{r.get('mode', '?')} mode, {r.get('seeds', '?')} seeds, {r.get('runtime_s', 0):.0f}s. "
                 f"Metric: {r['metric']}.", ""]
-        out += ["| method | mean ± std |", "|---|---|"]
-        out += [f"| {m} | {_fmt(s)} |" for m, s in r["results"].items()]
+        out += [f"| method | mean ± std | {paired_ci_header(r)} |", "|---|---|---|"]
+        out += [f"| {m} | {_fmt(s)} | {paired_ci_cell(r, m)} |" for m, s in r["results"].items()]
         out += ["", f"Claim: {r['claim']} — **{'holds' if r['claim_holds'] else 'does not hold'}** on this run."]
         if r.get("reported"):
             out += ["", f"Reported: {r['reported']}"]
@@ -104,12 +126,13 @@ def write_index(out: Path) -> Path:
         secondary = r.get("secondary", {})
         sec = list(secondary)
         parts.append("<table><tr><th>method</th><th>" + e(r["metric"]) + "</th>"
+                     + f"<th>{e(paired_ci_header(r))}</th>"
                      + "".join(f"<th>{e(k)}</th>" for k in sec) + "</tr>")
         for m, s in r["results"].items():
             cells = "".join(
                 f"<td>{_fmt(secondary[k][m])}</td>" if m in secondary[k] else "<td>—</td>" for k in sec
             )
-            parts.append(f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td>{cells}</tr>")
+            parts.append(f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td><td>{e(paired_ci_cell(r, m))}</td>{cells}</tr>")
         parts.append("</table>")
         for png in r.get("plots", []):
             parts.append(f"<img src='{folder}/{e(png)}' alt='{e(png)}'>")

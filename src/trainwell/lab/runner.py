@@ -196,12 +196,14 @@ def _table_md(res: dict[str, Any]) -> str:
     arrow = "higher is better" if res.get("higher_is_better", True) else "lower is better"
     lines += [f"Metric: **{res['metric']}** ({arrow}; mean ± std over seeds).", ""]
     sec_names = list(res.get("secondary", {}))
-    cols = ["method", res["metric"], *sec_names, "per seed"]
+    from trainwell.lab.report import paired_ci_cell, paired_ci_header
+
+    cols = ["method", res["metric"], paired_ci_header(res), *sec_names, "per seed"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m, s in res["results"].items():
         sec = [_fmt(res["secondary"][k][m]) if m in res["secondary"][k] else "—" for k in sec_names]
         vals = ", ".join(f"{v:.4f}" for v in s["values"])
-        lines.append("| " + " | ".join([m, _fmt(s), *sec, vals]) + " |")
+        lines.append("| " + " | ".join([m, _fmt(s), paired_ci_cell(res, m), *sec, vals]) + " |")
     lines += ["", f"Claim: {res['claim']}", "",
               f"**Claim holds on this run: {'yes' if res['claim_holds'] else 'no'}**"]
     if res.get("reported"):

@@ -3,11 +3,20 @@ AM-Softmax, Taylor softmax, R-Drop consistency, flooding, and InfoNCE with exact
 accumulation (``ContrastiveGradCache``).
 
 Every loss has a functional form ``name(input, target, ..., reduction="mean")`` and an ``nn.Module``
-twin; inputs may carry any leading dims ``[..., C]``; computation is float32 under autocast.
+twin (a :class:`Loss`: ``reduction`` checked once, a uniform ``repr``); inputs may carry any leading dims
+``[..., C]``; computation is float32 under autocast (float64 stays float64). Empty batches: ``'none'``
+gives an empty tensor, ``'mean'`` and ``'sum'`` give 0 with a zero gradient (never NaN); NaN inputs are
+not screened (that would cost a device sync per call) and propagate to a NaN loss.
 """
 
 from __future__ import annotations
 
+from trainwell.losses._base import Loss
+from trainwell.losses.class_balanced import (
+    ClassBalancedCrossEntropy,
+    class_balanced_cross_entropy,
+    class_balanced_weights,
+)
 from trainwell.losses.consistency import (
     RDROP_CONVENTIONS,
     RDropLoss,
@@ -18,27 +27,23 @@ from trainwell.losses.consistency import (
     symmetric_kl,
 )
 from trainwell.losses.contrastive import ContrastiveGradCache, InfoNCELoss, info_nce_loss
+from trainwell.losses.dice import DiceLoss, F1WeightedCrossEntropy, dice_loss, f1_weighted_cross_entropy
 from trainwell.losses.flooding import Flooding, flooding
-from trainwell.losses.imbalance import (
+from trainwell.losses.focal import (
     BinaryFocalLoss,
-    ClassBalancedCrossEntropy,
-    DiceLoss,
-    F1WeightedCrossEntropy,
     FocalLoss,
     HardTruncatedLoss,
-    LogitAdjustedCrossEntropy,
     SoftenedTruncatedLoss,
     binary_focal_loss,
-    class_balanced_cross_entropy,
-    class_balanced_weights,
-    dice_loss,
-    f1_weighted_cross_entropy,
     focal_loss,
     hard_truncated_loss,
+    softened_truncated_loss,
+)
+from trainwell.losses.logit_adjustment import (
+    LogitAdjustedCrossEntropy,
     log_prior_from_counts,
     logit_adjusted_cross_entropy,
     posthoc_logit_adjust,
-    softened_truncated_loss,
 )
 from trainwell.losses.margin import AMSoftmax, am_softmax_loss, am_softmax_psi, retrieval_topk_accuracy
 from trainwell.losses.multilabel import (
@@ -65,6 +70,7 @@ __all__ = [
     "HardTruncatedLoss",
     "InfoNCELoss",
     "LogitAdjustedCrossEntropy",
+    "Loss",
     "MultilabelCategoricalCrossEntropy",
     "MultilabelRankLoss",
     "RDropLoss",

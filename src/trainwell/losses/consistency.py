@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from trainwell._ops import apply_reduction
+from trainwell._ops import apply_reduction, compute_dtype
 from trainwell._validation import (
     check_callable,
     check_choice,
@@ -35,6 +35,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 
 __all__ = [
     "RDROP_CONVENTIONS",
@@ -69,7 +70,6 @@ def _rho(convention: str, batch_size: int | None, fn: str) -> float:
     if batch_size is None:
         fail(fn, "batch_size", "an int >= 1 for the 'readme_sum' convention", batch_size)
     b = check_int("batch_size", batch_size, fn=fn, min=1)
-    assert b is not None
     return _RHO[convention] * b
 
 
@@ -89,7 +89,6 @@ def convert_rdrop_alpha(
     a = check_number("alpha", alpha, fn=fn, min=0.0)
     check_choice("source", source, RDROP_CONVENTIONS, fn=fn)
     check_choice("target", target, RDROP_CONVENTIONS, fn=fn)
-    assert a is not None
     return a * _rho(source, batch_size, fn) / _rho(target, batch_size, fn)
 
 
@@ -126,6 +125,10 @@ def symmetric_kl(
     Computed in float32 from log-softmax. ``pad_mask`` (True = padding) rows give 0 and are left
     out of the mean.
 
+    Shape:
+        logits1, logits2: ``[..., C]``; pad_mask: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/8496; arXiv:2106.14448.
     """
     fn = "symmetric_kl"
@@ -136,7 +139,7 @@ def symmetric_kl(
     if pad_mask is not None:
         check_tensor("pad_mask", pad_mask, fn=fn, kind="bool")
         check_shape_prefix("logits1", logits1, "pad_mask", pad_mask, fn=fn)
-    dt = torch.float64 if logits1.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(logits1)
     lp1 = torch.log_softmax(logits1.to(dt), dim=-1)
     lp2 = torch.log_softmax(logits2.to(dt), dim=-1)
     kl = _kl_both(lp1, lp2)
@@ -168,6 +171,10 @@ def rdrop_loss(
     tokens (``target == ignore_index`` or ``pad_mask`` True) contribute nothing and ``'mean'`` averages
     over the remaining tokens.
 
+    Shape:
+        logits1, logits2: ``[..., C]``; target, pad_mask: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/8496; Liang et al., arXiv:2106.14448.
 
     Args:
@@ -190,11 +197,10 @@ def rdrop_loss(
     a = check_number("alpha", alpha, fn=fn, min=0.0)
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
     reduction = check_reduction(reduction, fn=fn)
-    assert a is not None and ls is not None
     if pad_mask is not None:
         check_tensor("pad_mask", pad_mask, fn=fn, kind="bool")
         check_same_shape("target", target, "pad_mask", pad_mask, fn=fn)
-    dt = torch.float64 if logits1.dtype == torch.float64 else torch.float32
+    dt = compute_dtype(logits1)
     lp1 = torch.log_softmax(logits1.to(dt), dim=-1)
     lp2 = torch.log_softmax(logits2.to(dt), dim=-1)
     keep = _keep_mask(target, pad_mask, ignore_index)
@@ -202,7 +208,9 @@ def rdrop_loss(
     t = torch.where(keep, target, torch.zeros_like(target)).long()
 
     def ce(lp: Tensor) -> Tensor:  # cross_entropy of log-probabilities == of the logits
-        flat = F.cross_entropy(lp.reshape(-1, num_classes), t.reshape(-1), reduction="none", label_smoothing=ls)
+        flat = F.cross_entropy(
+            lp.reshape(-1, num_classes), t.reshape(-1), reduction="none", label_smoothing=ls
+        )
         return flat.reshape(t.shape)
 
     loss = ce(lp1) + ce(lp2) + a * _kl_both(lp1, lp2)
@@ -210,28 +218,38 @@ def rdrop_loss(
     return apply_reduction(loss, reduction, keep.sum() if reduction == "mean" else None)
 
 
-class RDropLoss(nn.Module):
+class RDropLoss(Loss):
     """Module form of :func:`rdrop_loss` (paper normalisation, eq. 7.1)."""
 
+    _repr_fields = ("alpha", "label_smoothing", "ignore_index")
+
     def __init__(
-        self, alpha: float = 4.0, reduction: str = "mean", *, ignore_index: int = -100, label_smoothing: float = 0.0
+        self,
+        alpha: float = 4.0,
+        reduction: str = "mean",
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "RDropLoss"
         self.alpha = check_number("alpha", alpha, fn=fn, min=0.0)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.ignore_index = ignore_index
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
 
-    def forward(self, logits1: Tensor, logits2: Tensor, target: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        assert self.alpha is not None and self.label_smoothing is not None
+    def forward(
+        self, logits1: Tensor, logits2: Tensor, target: Tensor, pad_mask: Tensor | None = None
+    ) -> Tensor:
         return rdrop_loss(
-            logits1, logits2, target, self.alpha, self.reduction,
-            pad_mask=pad_mask, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            logits1,
+            logits2,
+            target,
+            self.alpha,
+            self.reduction,
+            pad_mask=pad_mask,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
         )
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, reduction={self.reduction!r}"
 
 
 def rdrop_forward(model: Callable[..., Any], *inputs: Tensor, **kwargs: Any) -> tuple[Any, Any]:
@@ -239,8 +257,11 @@ def rdrop_forward(model: Callable[..., Any], *inputs: Tensor, **kwargs: Any) -> 
 
     One forward gives two independent dropout masks per example (the official fairseq criterion
     does this); the model must be in ``train()`` mode. Tensor ``inputs`` and tensor ``kwargs`` are
-    duplicated; the output may be a tensor or a tuple/list/dict of tensors (each is split), or an
-    object with a ``logits`` attribute (Hugging Face outputs). BatchNorm in train mode sees every
+    duplicated (``labels=`` too, so a Hugging Face model computes its loss on the doubled batch). An
+    output with a tensor ``logits`` attribute (a Hugging Face ``ModelOutput``, with or without a
+    ``loss``) gives the two halves of its logits, ready for :func:`rdrop_loss`; otherwise the output
+    may be a tensor or a tuple/list/dict of tensors (each is split; other entries are returned on
+    both sides). BatchNorm in train mode sees every
     example twice — acceptable, but its statistics are those of the doubled batch.
 
     Source: kexue.fm/archives/8496; arXiv:2106.14448.
@@ -258,6 +279,11 @@ def rdrop_forward(model: Callable[..., Any], *inputs: Tensor, **kwargs: Any) -> 
 
 
 def _split(out: Any, fn: str) -> tuple[Any, Any]:
+    # an output with .logits first: Hugging Face ModelOutput is a dict subclass, and its scalar
+    # 'loss' entry (when labels= is given) cannot be split
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor) and not isinstance(out, Tensor):
+        return _split(logits, fn)
     if isinstance(out, Tensor):
         if out.shape[0] % 2:
             fail(fn, "model output", "a tensor with an even leading dim (the doubled batch)", out)
@@ -269,7 +295,10 @@ def _split(out: Any, fn: str) -> tuple[Any, Any]:
     if isinstance(out, dict):
         parts_d = {k: (_split(v, fn) if isinstance(v, Tensor) else (v, v)) for k, v in out.items()}
         return {k: v[0] for k, v in parts_d.items()}, {k: v[1] for k, v in parts_d.items()}
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, Tensor):
-        return _split(logits, fn)
-    fail(fn, "model output", "a tensor, a tuple/list/dict of tensors or an object with .logits", out, exc=TypeError)
+    fail(
+        fn,
+        "model output",
+        "a tensor, a tuple/list/dict of tensors or an object with .logits",
+        out,
+        exc=TypeError,
+    )

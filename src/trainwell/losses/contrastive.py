@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction, float32, masked_fill_neg_inf
+from trainwell._ops import RngReplay, apply_reduction, autocast_off, float32, masked_fill_neg_inf
+from trainwell._step import BackwardFn, resolve_backward
 from trainwell._validation import (
     check_bool,
     check_callable,
+    check_choice,
     check_finite_number,
     check_int,
     check_labels,
@@ -38,6 +40,7 @@ from trainwell._validation import (
     fail,
     tracing,
 )
+from trainwell.losses._base import Loss
 
 __all__ = ["ContrastiveGradCache", "InfoNCELoss", "info_nce_loss"]
 
@@ -58,16 +61,8 @@ def _check_scale(scale: Any, fn: str) -> float | Tensor | None:
     return check_finite_number("scale", scale, fn=fn, min=0.0, min_inclusive=False)
 
 
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    # A float32 matmul under CPU/CUDA autocast would silently run in bf16/fp16; the similarities
-    # feed a softmax over the whole batch, so they are computed in the inputs' (upcast) precision.
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # pragma: no cover - device types without autocast
-        enabled = False
-    if enabled:
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
+# one autocast-off helper for the library (trainwell._ops); the old private name stays importable
+_autocast_off = autocast_off
 
 
 def info_nce_loss(
@@ -115,6 +110,10 @@ def info_nce_loss(
     Returns:
         The loss, float32 for half/bfloat16 or autocast inputs (float64 inputs stay float64). The
         similarities are computed with autocast disabled in float32 or better; masking uses -inf.
+
+    Shape:
+        query: ``[..., N, D]``; key: ``[..., M, D]``; target: ``[..., N]``.
+        output: ``[..., N]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/8471; InfoNCE arXiv:1807.03748; SimCSE arXiv:2104.08821.
     """
@@ -169,7 +168,9 @@ def info_nce_loss(
             )
 
     q, k = float32(query), float32(key)
-    with _autocast_off(q.device.type):
+    # a float32 matmul under autocast would silently run in bf16/fp16; the similarities feed a softmax
+    # over the whole batch, so they are computed in the inputs' (upcast) precision
+    with autocast_off(q.device.type):
         if normalize:
             q = F.normalize(q, dim=-1)
             k = F.normalize(k, dim=-1)
@@ -192,7 +193,7 @@ def info_nce_loss(
     return apply_reduction(per_row, reduction)
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(Loss):
     """Module form of :func:`info_nce_loss`, optionally with a learnable temperature.
 
     Hyperparameters are plain attributes read at call time. With ``learnable_temperature=True``
@@ -209,6 +210,8 @@ class InfoNCELoss(nn.Module):
     Source: kexue.fm/archives/8471; arXiv:1807.03748.
     """
 
+    _repr_fields = ("temperature", "mask_diagonal", "symmetric", "normalize", "learnable_temperature")
+
     log_scale: nn.Parameter | None
 
     def __init__(
@@ -221,7 +224,7 @@ class InfoNCELoss(nn.Module):
         reduction: str = "mean",
         learnable_temperature: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "InfoNCELoss"
         self.temperature = check_finite_number(
             "temperature", temperature, fn=fn, min=0.0, min_inclusive=False
@@ -229,7 +232,6 @@ class InfoNCELoss(nn.Module):
         self.mask_diagonal = check_bool("mask_diagonal", mask_diagonal, fn=fn)
         self.symmetric = check_bool("symmetric", symmetric, fn=fn)
         self.normalize = check_bool("normalize", normalize, fn=fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         check_bool("learnable_temperature", learnable_temperature, fn=fn)
         if learnable_temperature:
             self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.temperature)))
@@ -250,13 +252,10 @@ class InfoNCELoss(nn.Module):
             normalize=self.normalize,
         )
 
-    def extra_repr(self) -> str:
-        learn = self.log_scale is not None
-        return (
-            f"temperature={self.temperature}, mask_diagonal={self.mask_diagonal}, "
-            f"symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}, "
-            f"learnable_temperature={learn}"
-        )
+    @property
+    def learnable_temperature(self) -> bool:
+        """Whether the logit scale is the parameter ``log_scale``."""
+        return self.log_scale is not None
 
 
 # ------------------------------------------------------------------------------------- GradCache
@@ -292,42 +291,78 @@ def _slice(inp: _Input, start: int, stop: int) -> _Input:
     return type(inp)(v[start:stop] if isinstance(v, Tensor) else v for v in inp)
 
 
-def _call(encoder: Callable[..., Any], inp: _Input) -> Tensor:
+_POOLINGS = ("mean", "cls")
+
+
+def _hidden(out: Any) -> Tensor | None:
+    """The token states of an encoder output: a tensor, ``.last_hidden_state`` or its first entry."""
+    if isinstance(out, Tensor):
+        return out
+    hidden = getattr(out, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        return hidden
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    return None
+
+
+def _pool(out: Any, inp: _Input, pooling: str | Callable[..., Tensor] | None) -> Any:
+    """Sentence embeddings from an encoder output (a Hugging Face ``ModelOutput`` included)."""
+    if pooling is None:
+        return out
+    if callable(pooling):
+        return pooling(out, inp)
+    hidden = _hidden(out)
+    if hidden is None or hidden.dim() != 3:
+        fail(
+            _GC,
+            "pooling",
+            f"used with an encoder returning token states [chunk, L, H] (pooling={pooling!r})",
+            hidden if hidden is not None else out,
+        )
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = inp.get("attention_mask") if isinstance(inp, Mapping) else None
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def _call(
+    encoder: Callable[..., Any], inp: _Input, pooling: str | Callable[..., Tensor] | None = None
+) -> Tensor:
     if isinstance(inp, Mapping):
         out = encoder(**inp)
     elif isinstance(inp, (tuple, list)):
         out = encoder(*inp)
     else:
         out = encoder(inp)
+    out = _pool(out, inp, pooling)
     if not isinstance(out, Tensor) or not out.is_floating_point() or out.dim() < 1:
+        hint = (
+            " (for a Hugging Face encoder output pass pooling='mean', 'cls' or a callable)"
+            if pooling is None and _hidden(out) is not None
+            else ""
+        )
         fail(
             _GC,
             "encoder",
-            "a callable returning a floating tensor [chunk, ...] of embeddings",
+            "a callable returning a floating tensor [chunk, ...] of embeddings" + hint,
             out,
             exc=TypeError,
         )
     return out
 
 
-class _RngState:
-    """CPU (+ initialised CUDA) generator states, so a chunk's dropout masks can be replayed."""
+class _RngState(RngReplay):
+    """The old private snapshot class, kept importable: ``with state.replay():`` is ``replayed()``."""
 
     def __init__(self) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda: list[Tensor] | None = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            self.cuda = torch.cuda.get_rng_state_all()
+        super().__init__(True)
 
-    @contextlib.contextmanager
-    def replay(self) -> Iterator[None]:
-        devices = list(range(len(self.cuda))) if self.cuda is not None else []
-        # fork_rng restores the outer state on exit, so replaying does not disturb the RNG stream
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state_all(self.cuda)
-            yield
+    def replay(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return self.replayed()
 
 
 class ContrastiveGradCache:
@@ -371,6 +406,11 @@ class ContrastiveGradCache:
     Parameters of ``loss_fn`` (learnable temperature) should live outside the DDP module: every
     rank computes the same global loss, so their gradient is already identical everywhere.
 
+    Batch sizes: views may differ in size (e.g. keys with appended hard negatives, ``M > N``); with
+    the default diagonal pairing a query's positive is the key of the same row. Under a multi-rank
+    gather, views of different sizes need an explicit ``target=`` (a ``ValueError`` says so), since
+    the gathered rows are rank-major per view.
+
     Caveats: train-mode BatchNorm uses per-chunk statistics and is not exact (use LayerNorm or
     eval-mode BN). RNG replay covers the CPU and CUDA default generators (enough for dropout);
     with ``replay_rng=False`` dropout masks differ between the passes and the gradient is only
@@ -387,13 +427,18 @@ class ContrastiveGradCache:
         gather: All-gather across ranks; ``None`` (default) = when ``torch.distributed`` is
             initialised with world size > 1.
         process_group: Process group for the gather (default: the world).
+        pooling: Turns an encoder output into sentence embeddings ``[chunk, H]``: ``None`` (default;
+            the encoder already returns them), ``'mean'`` (mean of ``last_hidden_state`` over the
+            tokens where the view's ``attention_mask`` is 1, all tokens without a mask), ``'cls'``
+            (the first token) or a callable ``pooling(output, chunk_inputs) -> Tensor``. Made for
+            Hugging Face encoders, which return a ``ModelOutput``.
 
     Example::
 
         cache = ContrastiveGradCache(model, InfoNCELoss(0.05), chunk_size=16)
         for q_batch, d_batch in loader:
             opt.zero_grad()
-            loss = cache.step(q_batch, d_batch)   # float, the large-batch loss
+            loss = cache.step(q_batch, d_batch)   # detached tensor: the large-batch loss
             opt.step()
     """
 
@@ -407,6 +452,7 @@ class ContrastiveGradCache:
         backward: Callable[[Tensor], Any] | None = None,
         gather: bool | None = None,
         process_group: Any = None,
+        pooling: str | Callable[..., Tensor] | None = None,
     ) -> None:
         if isinstance(encoder, (Sequence, nn.ModuleList)) and not isinstance(encoder, (str, bytes)):
             encoders: list[Callable[..., Any]] = list(encoder)
@@ -429,6 +475,17 @@ class ContrastiveGradCache:
                 fail(_GC, "gather", "False or None when torch.distributed is not initialised", gather)
         self.gather = gather
         self.process_group = process_group
+        if pooling is not None and not callable(pooling):
+            if not isinstance(pooling, str):
+                fail(
+                    _GC,
+                    "pooling",
+                    "None, 'mean', 'cls' or a callable(output, inputs)",
+                    pooling,
+                    exc=TypeError,
+                )
+            check_choice("pooling", pooling, _POOLINGS, fn=_GC)
+        self.pooling = pooling
 
     # ------------------------------------------------------------------ helpers
 
@@ -472,30 +529,70 @@ class ContrastiveGradCache:
     def backward(self, *inputs: _Input, **loss_kwargs: Any) -> Tensor:
         """Run both passes, accumulating the exact gradient into ``.grad``; return the detached loss.
 
+        The same as :meth:`step` with the constructor's ``backward`` (kept for ``cache(...)`` calls).
+        """
+        return self._run(inputs, loss_kwargs, self.backward_fn, None, f"{_GC}.backward")
+
+    def step(
+        self,
+        *inputs: _Input,
+        backward: BackwardFn | None = None,
+        scaler: Any = None,
+        **loss_kwargs: Any,
+    ) -> Tensor:
+        """Run both passes (the multi-pass step protocol); fill ``.grad``; return the detached loss.
+
         Args:
             *inputs: One entry per view (see the class docstring); chunked along dim 0.
-            **loss_kwargs: Forwarded unchunked to ``loss_fn`` (e.g. ``target=...``).
+            backward: How the pass-1 loss is backpropagated (default: the constructor's ``backward``,
+                else ``scaler.scale(loss).backward()`` with a ``scaler``, else ``loss.backward()``).
+            scaler: A ``torch.amp.GradScaler``; its scale reaches every gradient exactly once (call
+                ``scaler.step(optimizer)`` afterwards as usual).
+            **loss_kwargs: Forwarded unchunked to ``loss_fn`` (e.g. ``target=...``); the names
+                ``backward`` and ``scaler`` are taken by this method.
 
         Returns:
-            The pass-1 loss (the true large-batch loss; identical on every rank under DDP).
+            The pass-1 loss as a detached 0-dim tensor (the true large-batch loss; identical on every
+            rank under DDP). ``float(cache.step(...))`` gives the number for logging.
         """
+        fn = f"{_GC}.step"
+        do_backward = resolve_backward(backward if backward is not None else self.backward_fn, scaler, fn=fn)
+        return self._run(inputs, loss_kwargs, do_backward, scaler, fn)
+
+    def _run(
+        self,
+        inputs: tuple[_Input, ...],
+        loss_kwargs: dict[str, Any],
+        do_backward: BackwardFn | None,
+        scaler: Any,
+        fn: str,
+    ) -> Tensor:
         if not inputs:
-            fail(f"{_GC}.step", "inputs", "at least one view of the batch", inputs)
+            fail(fn, "inputs", "at least one view of the batch", inputs)
         encoders = self._encoders_for(len(inputs))
         sizes = [_batch_size(inp, "inputs") for inp in inputs]
         rank, world = self._distributed()
+        if world > 1 and len(set(sizes)) > 1 and "target" not in loss_kwargs:
+            # gathered rows are rank-major per view, so the default diagonal target (query i ↔ key i)
+            # points at another rank's keys once the views differ in size
+            raise ValueError(
+                f"{fn}(): views of different batch sizes {sizes} under a {world}-rank gather need an "
+                "explicit 'target=' (global key index of each query row); the default diagonal pairing "
+                "is only right when every view has the same batch size"
+            )
         cs = self.chunk_size
+        pooling = self.pooling
 
         # pass 1: embeddings without activations, RNG state recorded per chunk
-        states: list[list[_RngState | None]] = []
+        states: list[list[RngReplay]] = []
         leaves: list[Tensor] = []
         with torch.no_grad():
             for enc, inp, n in zip(encoders, inputs, sizes):
                 outs: list[Tensor] = []
-                view_states: list[_RngState | None] = []
+                view_states: list[RngReplay] = []
                 for start in range(0, n, cs):
-                    view_states.append(_RngState() if self.replay_rng else None)
-                    out = _call(enc, _slice(inp, start, start + cs))
+                    view_states.append(RngReplay(self.replay_rng))
+                    out = _call(enc, _slice(inp, start, start + cs), pooling)
                     if out.shape[0] != min(cs, n - start):
                         fail(
                             _GC,
@@ -520,10 +617,10 @@ class ContrastiveGradCache:
                 loss,
                 exc=TypeError,
             )
-        if self.backward_fn is None:
+        if do_backward is None:
             loss.backward()
         else:
-            self.backward_fn(loss)
+            do_backward(loss)
 
         grads: list[Tensor] = []
         for leaf, n in zip(leaves, sizes):
@@ -542,21 +639,16 @@ class ContrastiveGradCache:
             sync_ctx = (
                 no_sync() if callable(no_sync) and idx != last_use[id(enc)] else contextlib.nullcontext()
             )
-            state = states[v][start // cs]
             with sync_ctx, torch.enable_grad():
-                with state.replay() if state is not None else contextlib.nullcontext():
-                    out = _call(enc, _slice(inputs[v], start, start + cs))
+                with states[v][start // cs].replayed():
+                    out = _call(enc, _slice(inputs[v], start, start + cs), pooling)
                 g = grads[v][start : start + cs]
                 surrogate = (out.to(g.dtype) * g).sum()
                 if world > 1:
                     surrogate = surrogate * world
                 if surrogate.requires_grad:
                     surrogate.backward()
-        return loss.detach()
-
-    def step(self, *inputs: _Input, **loss_kwargs: Any) -> float:
-        """Like :meth:`backward` but returns the loss as a Python float (for logging)."""
-        return float(self.backward(*inputs, **loss_kwargs).item())
+        return loss.detach().reshape(())
 
     __call__ = backward
 

@@ -31,6 +31,9 @@ def flooding(loss: Tensor, level: float, *, reference: Tensor | float | None = N
     from it: the result is then ``sign(reference − b)·(L − b) + b``, whose gradient is
     ``sign(reference − b)·∇L`` on every micro-batch/rank alike.
 
+    Shape:
+        loss: a scalar; output: a scalar.
+
     Source: kexue.fm/archives/7643; arXiv:2002.08709.
 
     Args:
@@ -55,7 +58,7 @@ def flooding(loss: Tensor, level: float, *, reference: Tensor | float | None = N
 
 
 class Flooding(nn.Module):
-    """Module form of :func:`flooding`: ``Flooding(level)(loss, reference=None)``; ``level`` is a plain attribute."""
+    """Module form of :func:`flooding`: ``Flooding(level)(loss, reference=None)`` (``level``: attribute)."""
 
     def __init__(self, level: float) -> None:
         super().__init__()

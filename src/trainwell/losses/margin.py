@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction, float32
+from trainwell._ops import apply_reduction, to_compute_dtype
 from trainwell._validation import (
     check_choice,
     check_int,
@@ -31,6 +31,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 
 __all__ = ["AMSoftmax", "am_softmax_loss", "am_softmax_psi", "retrieval_topk_accuracy"]
 
@@ -42,6 +43,9 @@ def am_softmax_psi(cosine: Tensor, margin: float = 0.35, psi: str = "additive") 
 
     ``'additive'``: ``cos θ − m`` (AM-Softmax). ``'simpler'`` (the post's "simpler-a-softmax"):
     ``min(cos 4θ, cos θ)`` with ``cos 4θ = 1 − 8cos²θ + 8cos⁴θ``; ``margin`` is not used.
+
+    Shape:
+        cosine: any shape; output: the same shape.
     """
     if psi == "additive":
         return cosine - margin
@@ -51,15 +55,23 @@ def am_softmax_psi(cosine: Tensor, margin: float = 0.35, psi: str = "additive") 
 
 
 def _am_core(
-    cosine: Tensor, target: Tensor, scale: float, margin: float, psi: str, label_smoothing: float, reduction: str
+    cosine: Tensor,
+    target: Tensor,
+    scale: float,
+    margin: float,
+    psi: str,
+    label_smoothing: float,
+    reduction: str,
 ) -> Tensor:
-    cos = cosine if cosine.dtype == torch.float64 else float32(cosine).float()
+    cos = to_compute_dtype(cosine)
     num_classes = cos.shape[-1]
     t = target.long().unsqueeze(-1)
     # Only the target column changes: scatter its transformed value into the scaled cosines.
     logits = (scale * cos).scatter(-1, t, scale * am_softmax_psi(cos.gather(-1, t), margin, psi))
     out = F.cross_entropy(
-        logits.reshape(-1, num_classes), target.reshape(-1).long(), reduction="none",
+        logits.reshape(-1, num_classes),
+        target.reshape(-1).long(),
+        reduction="none",
         label_smoothing=label_smoothing,
     )
     return apply_reduction(out.reshape(target.shape), reduction)  # empty batch: 0, not NaN
@@ -80,6 +92,10 @@ def am_softmax_loss(
     ``m = 0`` is plain softmax CE on ``s·cos``. With ``psi='simpler'`` the target cosine becomes
     ``min(cos 4θ, cos θ)`` instead ("simpler-a-softmax", ``margin`` unused). Computed in float32.
     Defaults ``s = 30, m = 0.35`` (the AM-Softmax paper's, used by the post).
+
+    Shape:
+        cosine: ``[..., C]``; target: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/5743; arXiv:1801.05599.
 
@@ -102,11 +118,10 @@ def am_softmax_loss(
     ls = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
     reduction = check_reduction(reduction, fn=fn)
     check_choice("psi", psi, PSI, fn=fn)
-    assert s is not None and m is not None and ls is not None
     return _am_core(cosine, target, s, m, psi, ls, reduction)
 
 
-class AMSoftmax(nn.Module):
+class AMSoftmax(Loss):
     """AM-Softmax classifier head: owns the class centres, ``forward(embeddings, target)`` → loss.
 
     Embeddings and centres are L2-normalised inside ``forward`` (gradients flow through the
@@ -126,6 +141,8 @@ class AMSoftmax(nn.Module):
         label_smoothing: passed to ``F.cross_entropy``.
     """
 
+    _repr_fields = ("in_features", "num_classes", "scale", "margin", "psi")
+
     def __init__(
         self,
         in_features: int,
@@ -139,16 +156,14 @@ class AMSoftmax(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "AMSoftmax"
         d = check_int("in_features", in_features, fn=fn, min=1)
         c = check_int("num_classes", num_classes, fn=fn, min=1)
-        assert d is not None and c is not None
         self.in_features, self.num_classes = d, c
         self.scale = check_number("scale", scale, fn=fn, min=0.0, min_inclusive=False)
         self.margin = check_number("margin", margin, fn=fn, min=0.0)
         self.psi = check_choice("psi", psi, PSI, fn=fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.label_smoothing = check_number("label_smoothing", label_smoothing, fn=fn, min=0.0, max=1.0)
         self.weight = nn.Parameter(torch.empty(c, d, device=device, dtype=dtype))
         self.reset_parameters()
@@ -157,12 +172,12 @@ class AMSoftmax(nn.Module):
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.in_features))
 
     def cosine(self, embeddings: Tensor) -> Tensor:
-        """Cosines ``[..., C]`` between the (normalised) embeddings ``[..., d]`` and class centres (float32)."""
+        """Cosines ``[..., C]`` between the normalised embeddings ``[..., d]`` and class centres (float32)."""
         fn = "AMSoftmax.cosine"
         check_tensor("embeddings", embeddings, fn=fn, kind="float", min_ndim=1)
         if embeddings.shape[-1] != self.in_features:
             fail(fn, "embeddings", f"a tensor whose last dim is in_features={self.in_features}", embeddings)
-        z = embeddings if embeddings.dtype == torch.float64 else float32(embeddings).float()
+        z = to_compute_dtype(embeddings)
         w = self.weight.to(z.dtype)
         return F.linear(F.normalize(z, dim=-1, eps=1e-12), F.normalize(w, dim=-1, eps=1e-12))
 
@@ -170,15 +185,8 @@ class AMSoftmax(nn.Module):
         fn = "AMSoftmax"
         cos = self.cosine(embeddings)
         check_shape_prefix("embeddings", embeddings, "target", target, fn=fn)
-        check_tensor("target", target, fn=fn, kind="int")
-        assert self.scale is not None and self.margin is not None and self.label_smoothing is not None
+        check_labels("target", target, self.num_classes, fn=fn)
         return _am_core(cos, target, self.scale, self.margin, self.psi, self.label_smoothing, self.reduction)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, num_classes={self.num_classes}, scale={self.scale}, "
-            f"margin={self.margin}, psi={self.psi!r}"
-        )
 
 
 @torch.no_grad()

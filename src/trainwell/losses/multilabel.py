@@ -16,13 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from trainwell._ops import apply_reduction, float32, log1p_sum_exp
+from trainwell._ops import apply_reduction, log1p_sum_exp, to_compute_dtype
 from trainwell._validation import (
     check_broadcastable,
     check_finite_number,
     check_int,
+    check_labels,
+    check_leading_dims,
     check_number,
     check_reduction,
     check_same_shape,
@@ -30,6 +32,7 @@ from trainwell._validation import (
     fail,
     tracing,
 )
+from trainwell.losses._base import Loss
 
 __all__ = [
     "MultilabelCategoricalCrossEntropy",
@@ -47,11 +50,6 @@ _OPTIMISTIC = True
 
 # Rows per chunk in the sparse loss: bounds its temporary buffer to about this many scores.
 _SPARSE_CHUNK_ELEMENTS = 1 << 22
-
-
-def _compute(x: Tensor) -> Tensor:
-    """Scores in the dtype the loss is computed in: float64 stays, everything else becomes float32."""
-    return x if x.dtype == torch.float64 else float32(x).float()
 
 
 # ------------------------------------------------------------------------------------- dense kernels
@@ -264,6 +262,10 @@ def multilabel_categorical_crossentropy(
     calibrated probability of a trained model is ``σ(2(s - threshold))`` (see :func:`zlpr_probabilities`),
     not ``σ(s)``. Empty ``P`` or ``N`` and fully masked rows are fine (a fully masked row gives 0).
 
+    Shape:
+        input: ``[..., C]``; target: ``[..., C]`` (0/1, bool or soft); mask: broadcastable to input.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/7359, kexue.fm/archives/9064; paper arXiv:2208.02955.
 
     Args:
@@ -293,7 +295,7 @@ def multilabel_categorical_crossentropy(
     if soft is not None and not isinstance(soft, bool):
         fail(fn, "soft", "a bool or None", soft, exc=TypeError)
 
-    s = _compute(input)
+    s = to_compute_dtype(input)
     if thr != 0.0:
         s = s - thr
     if target.dtype == torch.bool:
@@ -363,23 +365,27 @@ def zlpr_probabilities(input: Tensor, threshold: float = 0.0) -> Tensor:
 
     The soft ZLPR loss is minimised at ``s* = ½ logit(t)`` (post 9064), so ``σ(2s)``, not ``σ(s)``,
     recovers the target probability; ``s > threshold`` ⇔ probability > 0.5.
+
+    Shape:
+        input: ``[..., C]``; output: ``[..., C]``.
     """
     fn = "zlpr_probabilities"
     check_tensor("input", input, fn=fn, kind="float")
     thr = check_finite_number("threshold", threshold, fn=fn)
-    return torch.sigmoid(2.0 * (_compute(input) - thr))
+    return torch.sigmoid(2.0 * (to_compute_dtype(input) - thr))
 
 
-class MultilabelCategoricalCrossEntropy(nn.Module):
+class MultilabelCategoricalCrossEntropy(Loss):
     """Module form of :func:`multilabel_categorical_crossentropy` (ZLPR, kexue.fm/archives/7359).
 
     Hyperparameters are plain attributes read at call time.
     """
 
+    _repr_fields = ("threshold", "soft")
+
     def __init__(self, reduction: str = "mean", *, threshold: float = 0.0, soft: bool | None = None) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "MultilabelCategoricalCrossEntropy"
-        self.reduction = check_reduction(reduction, fn=fn)
         self.threshold = check_finite_number("threshold", threshold, fn=fn)
         if soft is not None and not isinstance(soft, bool):
             fail(fn, "soft", "a bool or None", soft, exc=TypeError)
@@ -389,9 +395,6 @@ class MultilabelCategoricalCrossEntropy(nn.Module):
         return multilabel_categorical_crossentropy(
             input, target, mask, self.reduction, threshold=self.threshold, soft=self.soft
         )
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, threshold={self.threshold}, soft={self.soft}"
 
 
 # ---------------------------------------------------------------------------------------- rank form
@@ -425,6 +428,10 @@ def multilabel_rank_loss(
     (predict top-k). With a single positive, ``γ=1, m=0`` it is exactly softmax cross-entropy. Rows with
     no positives or no negatives give 0.
 
+    Shape:
+        input: ``[..., C]``; target: ``[..., C]``; mask: broadcastable to input.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/7359; Circle Loss arXiv:2002.10857.
 
     Args:
@@ -439,13 +446,12 @@ def multilabel_rank_loss(
     reduction = _check_dense_args(fn, input, target, mask, reduction)
     g = check_number("gamma", gamma, fn=fn, min=0.0, min_inclusive=False)
     m = check_finite_number("margin", margin, fn=fn)
-    assert g is not None
     if target.dtype != torch.bool:
         if target.is_floating_point() and not tracing() and not _is_hard(target):
             fail(fn, "target", "0/1 valued", target)
         if not target.is_floating_point():
             _check_binary(target, fn)
-    s = _compute(input)
+    s = to_compute_dtype(input)
     pos = target.detach() != 0
     keep = torch.ones_like(pos) if mask is None else mask.expand(s.shape)
     if s.shape[-1] == 0:
@@ -458,24 +464,21 @@ def multilabel_rank_loss(
     return apply_reduction(out, reduction)
 
 
-class MultilabelRankLoss(nn.Module):
+class MultilabelRankLoss(Loss):
     """Module form of :func:`multilabel_rank_loss` (kexue.fm/archives/7359)."""
 
+    _repr_fields = ("gamma", "margin")
+
     def __init__(self, reduction: str = "mean", *, gamma: float = 1.0, margin: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "MultilabelRankLoss"
-        self.reduction = check_reduction(reduction, fn=fn)
         self.gamma = check_number("gamma", gamma, fn=fn, min=0.0, min_inclusive=False)
         self.margin = check_finite_number("margin", margin, fn=fn)
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        assert self.gamma is not None
         return multilabel_rank_loss(
             input, target, mask, self.reduction, gamma=self.gamma, margin=self.margin
         )
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, gamma={self.gamma}, margin={self.margin}"
 
 
 # ------------------------------------------------------------------------------------------- sparse
@@ -576,6 +579,10 @@ def sparse_multilabel_categorical_crossentropy(
     GlobalPointer scores ``[B, heads, L, L]``: flatten to ``[B, heads, L*L]`` (span ``(i, j)`` is
     class ``i*L + j``).
 
+    Shape:
+        input: ``[..., C]``; pos_index: ``[..., P]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/8888; ZLPR arXiv:2208.02955.
 
     Args:
@@ -588,24 +595,11 @@ def sparse_multilabel_categorical_crossentropy(
     check_tensor("input", input, fn=fn, kind="float", min_ndim=1)
     check_tensor("pos_index", pos_index, fn=fn, kind="int", min_ndim=1)
     pad = check_int("pad_index", pad_index, fn=fn)
-    assert pad is not None
     reduction = check_reduction(reduction, fn=fn)
-    if tuple(pos_index.shape[:-1]) != tuple(input.shape[:-1]):
-        raise ValueError(
-            f"{fn}(): argument 'pos_index' must have leading dims {tuple(input.shape[:-1])} "
-            f"(those of 'input' {tuple(input.shape)}), got {tuple(pos_index.shape)}"
-        )
+    check_leading_dims("input", input, "pos_index", pos_index, 1, fn=fn)
     num_classes = input.shape[-1]
-    if not tracing() and pos_index.numel() > 0:
-        real = pos_index[pos_index != pad]
-        if real.numel() > 0:
-            lo, hi = int(real.min()), int(real.max())
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(
-                    f"{fn}(): argument 'pos_index' must hold class indices in [0, {num_classes}) or "
-                    f"pad_index={pad}, got {lo if lo < 0 else hi}"
-                )
-    s = _compute(input)
+    check_labels("pos_index", pos_index, num_classes, fn=fn, ignore_index=pad)
+    s = to_compute_dtype(input)
     lead = s.shape[:-1]
     if num_classes == 0:
         return apply_reduction(s.new_zeros(lead), reduction)
@@ -618,18 +612,16 @@ def sparse_multilabel_categorical_crossentropy(
     return apply_reduction(out.reshape(lead), reduction)
 
 
-class SparseMultilabelCategoricalCrossEntropy(nn.Module):
+class SparseMultilabelCategoricalCrossEntropy(Loss):
     """Module form of :func:`sparse_multilabel_categorical_crossentropy` (kexue.fm/archives/8888)."""
 
+    _repr_fields = ("pad_index",)
+
     def __init__(self, pad_index: int = -1, reduction: str = "mean") -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "SparseMultilabelCategoricalCrossEntropy"
         self.pad_index = check_int("pad_index", pad_index, fn=fn)
-        self.reduction = check_reduction(reduction, fn=fn)
 
     def forward(self, input: Tensor, pos_index: Tensor) -> Tensor:
-        assert self.pad_index is not None
         return sparse_multilabel_categorical_crossentropy(input, pos_index, self.pad_index, self.reduction)
 
-    def extra_repr(self) -> str:
-        return f"pad_index={self.pad_index}, reduction={self.reduction!r}"

@@ -23,6 +23,7 @@ from trainwell._validation import (
     check_tensor,
     fail,
 )
+from trainwell.losses._base import Loss
 from trainwell.numerics.taylor_positivity import taylor_exp, taylor_exp_minimizer
 
 __all__ = ["TaylorCrossEntropy", "TaylorSoftmax", "taylor_cross_entropy", "taylor_softmax"]
@@ -30,9 +31,10 @@ __all__ = ["TaylorCrossEntropy", "TaylorSoftmax", "taylor_cross_entropy", "taylo
 
 def _check_order(order: object, fn: str) -> int:
     n = check_int("order", order, fn=fn, min=2)
-    assert n is not None
     if n % 2:
-        fail(fn, "order", "an even int >= 2 (odd-order Taylor polynomials of exp take negative values)", order)
+        fail(
+            fn, "order", "an even int >= 2 (odd-order Taylor polynomials of exp take negative values)", order
+        )
     return n
 
 
@@ -49,12 +51,15 @@ def _taylor_values(x: Tensor, order: int, monotone: bool) -> Tensor:
 
 
 def taylor_softmax(input: Tensor, order: int = 2, dim: int = -1, *, monotone: bool = False) -> Tensor:
-    """Taylor softmax ``f_n(x_i) / Σ_j f_n(x_j)`` along ``dim`` with ``f_n`` the order-``n`` Taylor polynomial of exp.
+    """Taylor softmax ``f_n(x_i) / Σ_j f_n(x_j)`` along ``dim``, ``f_n`` the order-``n`` Taylor series of exp.
 
     ``n`` must be even (then ``f_n > 0`` everywhere); default ``n = 2``: ``1 + x + x²/2``.
     ``monotone=True`` clamps the inputs below the minimiser ``x_n*`` of ``f_n`` (``f_n`` is U-shaped,
     so very negative logits would otherwise get *more* mass than moderately negative ones); the post
     reports no evidence that the non-monotone default hurts.
+
+    Shape:
+        input: any shape; output: the same shape (normalized along ``dim``).
 
     Source: kexue.fm/archives/7919; arXiv:2011.11538.
 
@@ -74,7 +79,7 @@ def taylor_softmax(input: Tensor, order: int = 2, dim: int = -1, *, monotone: bo
     check_bool("monotone", monotone, fn=fn)
     f = _taylor_values(input, n, monotone)
     p = f / f.sum(dim=dim, keepdim=True)
-    return p if input.dtype == torch.float64 else p.float()
+    return p if input.dtype == torch.float64 else p.float()  # order > 10 computes in float64
 
 
 def taylor_cross_entropy(
@@ -90,6 +95,10 @@ def taylor_cross_entropy(
 
     ``log f_n`` is finite because ``f_n ≥ f_n(x_n*) > 0`` for even ``n``. See :func:`taylor_softmax`.
     Rows whose target equals ``ignore_index`` contribute 0 and are left out of the mean.
+
+    Shape:
+        input: ``[..., C]``; target: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
 
     Source: kexue.fm/archives/7919; arXiv:2011.11538.
 
@@ -129,23 +138,23 @@ class TaylorSoftmax(nn.Module):
         self.monotone = check_bool("monotone", monotone, fn=fn)
 
     def forward(self, input: Tensor) -> Tensor:
-        assert self.dim is not None
         return taylor_softmax(input, self.order, self.dim, monotone=self.monotone)
 
     def extra_repr(self) -> str:
         return f"order={self.order}, dim={self.dim}, monotone={self.monotone}"
 
 
-class TaylorCrossEntropy(nn.Module):
+class TaylorCrossEntropy(Loss):
     """Module form of :func:`taylor_cross_entropy` (kexue.fm/archives/7919)."""
+
+    _repr_fields = ("order", "monotone")
 
     def __init__(
         self, order: int = 2, reduction: str = "mean", *, monotone: bool = False, ignore_index: int = -100
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         fn = "TaylorCrossEntropy"
         self.order = _check_order(order, fn)
-        self.reduction = check_reduction(reduction, fn=fn)
         self.monotone = check_bool("monotone", monotone, fn=fn)
         self.ignore_index = ignore_index
 
@@ -153,6 +162,3 @@ class TaylorCrossEntropy(nn.Module):
         return taylor_cross_entropy(
             input, target, self.order, self.reduction, monotone=self.monotone, ignore_index=self.ignore_index
         )
-
-    def extra_repr(self) -> str:
-        return f"order={self.order}, reduction={self.reduction!r}, monotone={self.monotone}"

@@ -43,7 +43,6 @@ def entropy_h(n: float) -> float:
     Source: kexue.fm/archives/7695.
     """
     nf = check_number("n", n, fn="entropy_h", min=2.0)
-    assert nf is not None
     if not math.isfinite(nf):
         raise ValueError(f"entropy_h(): argument 'n' must be finite, got {n!r}")
     theta = np.linspace(0.0, math.pi, _GRID)
@@ -63,19 +62,22 @@ def entropy_h(n: float) -> float:
     return log_mean - tilted
 
 
-def min_embedding_dim(vocab_size: float, coef: float = 8.33, rounding: str | None = "round") -> float:
-    """Smallest embedding dimension the minimum-entropy rule allows for ``vocab_size`` items: ``coef·log N``.
+def min_embedding_dim(vocab_size: float, coef: float = 8.33, rounding: str | None = "ceil") -> float:
+    """Smallest embedding dimension the minimum-entropy rule allows for ``vocab_size`` items (n > c·log N).
 
-    ``n > 8.33 log N`` (natural log), from ``H ≈ 2 log N - 0.2406 n < 0``. The rule is an estimate, and
-    the post quotes its values rounded ("N = 10^5 ⇒ ≈96, N = 5·10^6 ⇒ ≈128"), so the default rounds to the
-    nearest integer: ``min_embedding_dim(1e5) == 96`` (raw 95.90), ``min_embedding_dim(5e6) == 128`` (raw
-    128.49). ``rounding="ceil"`` gives the smallest integer strictly satisfying the inequality (129 for
-    5·10^6), ``None`` the raw float. Use :func:`entropy_dim` for the exact crossing of ``H = 0``.
+    ``n > 8.33 log N`` (natural log), from ``H ≈ 2 log N - 0.2406 n < 0``. The default
+    (``rounding="ceil"``) returns the smallest integer satisfying the strict inequality, so the result
+    never violates the bound it is named for: ``min_embedding_dim(1e5) == 96`` (raw 95.90),
+    ``min_embedding_dim(1e6) == 116`` (raw 115.08), ``min_embedding_dim(5e6) == 129`` (raw 128.49).
+    The post quotes its values rounded to the nearest integer ("N = 10^5 ⇒ ≈96, N = 5·10^6 ⇒ ≈128");
+    ``rounding="round"`` reproduces those, ``None`` gives the raw float. Use :func:`entropy_dim` for
+    the exact crossing of ``H = 0``.
 
     Args:
         vocab_size: number of items N (vocabulary size, sequence length), > 1.
         coef: the constant; 8.33 as in the post (the Laplace value is ``2 / (½ log φ) ≈ 8.31``).
-        rounding: ``"round"`` (default), ``"ceil"`` or ``None``.
+        rounding: ``"ceil"`` (default: smallest integer ``n > coef·log N``), ``"round"`` (nearest, as
+            the post quotes) or ``None``.
 
     Returns:
         An ``int`` when rounding, else a ``float``.
@@ -86,18 +88,19 @@ def min_embedding_dim(vocab_size: float, coef: float = 8.33, rounding: str | Non
     n_items = check_number("vocab_size", vocab_size, fn=fn, min=1.0, min_inclusive=False)
     c = check_number("coef", coef, fn=fn, min=0.0, min_inclusive=False)
     check_choice("rounding", rounding, ("ceil", "round", None), fn=fn)
-    assert n_items is not None and c is not None
     if not math.isfinite(n_items) or not math.isfinite(c):
-        raise ValueError(f"{fn}(): arguments 'vocab_size' and 'coef' must be finite, got {vocab_size!r}, {coef!r}")
+        raise ValueError(
+            f"{fn}(): arguments 'vocab_size' and 'coef' must be finite, got {vocab_size!r}, {coef!r}"
+        )
     raw = c * math.log(n_items)
     if rounding == "ceil":
-        return math.ceil(raw - 1e-12)
+        return math.floor(raw) + 1  # strict: n > raw even when raw is an integer
     if rounding == "round":
         return round(raw)
     return raw
 
 
-def head_dim_lower_bound(seq_len: int, coef: float = 8.33, rounding: str | None = "round") -> float:
+def head_dim_lower_bound(seq_len: int, coef: float = 8.33, rounding: str | None = "ceil") -> float:
     """Attention head size suggested by the same rule for a context of ``seq_len`` positions.
 
     Attention logits ``<q_i, k_j>`` are the same object as Skip-gram scores (kexue.fm/archives/8706),
@@ -116,7 +119,6 @@ def entropy_dim(vocab_size: float) -> float:
     ``N`` is so small that already ``h_2 + 2 log N <= 0``.
     """
     n_items = check_number("vocab_size", vocab_size, fn="entropy_dim", min=1.0, min_inclusive=False)
-    assert n_items is not None
     if not math.isfinite(n_items):
         raise ValueError(f"entropy_dim(): argument 'vocab_size' must be finite, got {vocab_size!r}")
     target = -2.0 * math.log(n_items)

@@ -36,7 +36,6 @@ def taylor_exp(x: Tensor, order: int) -> Tensor:
     fn = "taylor_exp"
     check_tensor("x", x, fn=fn, kind=("float", "int", "bool"))
     n = check_int("order", order, fn=fn, min=0)
-    assert n is not None
     xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
     out = torch.ones_like(xf)
     for k in range(n, 0, -1):
@@ -69,7 +68,6 @@ def taylor_exp_minimizer(order: int) -> tuple[float, float]:
     """
     fn = "taylor_exp_minimizer"
     n = check_int("order", order, fn=fn, min=2)
-    assert n is not None
     if n % 2:
         fail(fn, "order", "an even int >= 2 (odd-order Taylor polynomials of exp are unbounded below)", order)
     g = n - 1  # f_n' = f_{n-1}; find its root

@@ -6,7 +6,14 @@
 from __future__ import annotations
 
 from trainwell.optim import init
-from trainwell.optim.accumulate import AccumAdamW, AccumSGDM, UpdateStepScheduler, enable_update_in_backward
+from trainwell.optim.accumulate import (
+    AccumAdamW,
+    AccumSGDM,
+    UpdateStepScheduler,
+    accum_adamw,
+    accum_sgdm,
+    enable_update_in_backward,
+)
 from trainwell.optim.clip import Clipped, clip_coefficient, clip_grad_norm_
 from trainwell.optim.exponentiated import ExponentiatedGradient
 from trainwell.optim.policy_gradient import optimal_baseline, reinforce_loss, sample_with_log_probs
@@ -29,6 +36,8 @@ __all__ = [
     "StepSizeAdaptation",
     "UpdateStepScheduler",
     "ZerothOrder",
+    "accum_adamw",
+    "accum_sgdm",
     "clip_coefficient",
     "clip_grad_norm_",
     "enable_update_in_backward",

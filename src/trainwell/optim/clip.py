@@ -10,13 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import (
-    _device_has_foreach_support,
-    _group_tensors_by_device_and_dtype,
-    _has_foreach_support,
-)
 
 from trainwell._validation import check_bool, check_choice, check_number, check_tensor, fail
+from trainwell.optim._foreach import default_foreach, device_has_foreach, group_by_device_and_dtype
 
 __all__ = ["CLIP_MODES", "Clipped", "clip_coefficient", "clip_grad_norm_"]
 
@@ -84,10 +80,8 @@ def clip_grad_norm_(
     """
     fn = "clip_grad_norm_"
     gamma = check_number("max_norm", max_norm, fn=fn, min=0.0, min_inclusive=False)
-    assert gamma is not None
     check_choice("mode", mode, CLIP_MODES, fn=fn)
     p_norm = check_number("norm_type", norm_type, fn=fn, min=0.0, min_inclusive=False)
-    assert p_norm is not None
     check_bool("error_if_nonfinite", error_if_nonfinite, fn=fn)
     check_number("eps", eps, fn=fn, min=0.0)
     if isinstance(parameters, Tensor):
@@ -96,17 +90,17 @@ def clip_grad_norm_(
     if not grads:
         return torch.tensor(0.0)
     first_device = grads[0].device
-    grouped: dict[Any, Any] = _group_tensors_by_device_and_dtype([grads])  # type: ignore[arg-type]
+    grouped = group_by_device_and_dtype(grads)
 
     def use_foreach(device: torch.device, tensors: list[Tensor]) -> bool:
         if foreach is None:
-            return bool(_has_foreach_support(tensors, device))
-        if foreach and not _device_has_foreach_support(device):
+            return default_foreach(tensors, on_cpu=True)  # as torch's clip_grad_norm_
+        if foreach and not device_has_foreach(device):
             raise RuntimeError(f"{fn}(): foreach=True but {device.type} tensors have no foreach kernels")
         return bool(foreach)
 
     norms: list[Tensor] = []
-    for (device, _), ([tensors], _) in grouped.items():
+    for (device, _), tensors in grouped.items():
         if use_foreach(device, tensors):
             norms.extend(torch._foreach_norm(tensors, p_norm))
         else:
@@ -118,7 +112,7 @@ def clip_grad_norm_(
             "clipped. Pass error_if_nonfinite=False to clip anyway (AMP: GradScaler then skips the step)."
         )
     coef = clip_coefficient(total_norm, gamma, mode, eps)
-    for (device, _), ([tensors], _) in grouped.items():
+    for (device, _), tensors in grouped.items():
         coef_d = coef.to(device)
         if use_foreach(device, tensors):
             torch._foreach_mul_(tensors, coef_d)

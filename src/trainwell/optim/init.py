@@ -46,7 +46,6 @@ def average_dimension(fan_in: int, fan_out: int, average: str = "geometric") -> 
     m = check_number("fan_in", fan_in, fn=fn, min=0.0, min_inclusive=False)
     n = check_number("fan_out", fan_out, fn=fn, min=0.0, min_inclusive=False)
     check_choice("average", average, AVERAGES, fn=fn)
-    assert m is not None and n is not None
     if average == "arithmetic":
         return (m + n) / 2.0
     if average == "geometric":

@@ -33,8 +33,12 @@ def _baseline_values(rewards: Tensor, baseline: Any, fn: str) -> Tensor:
             return torch.zeros_like(rewards)
         k = rewards.shape[-1]
         if k < 2:
-            fail(fn, "baseline", f"'none' or a value when there is one sample per input ({baseline!r} needs K >= 2)",
-                 baseline)
+            fail(
+                fn,
+                "baseline",
+                f"'none' or a value when there is one sample per input ({baseline!r} needs K >= 2)",
+                baseline,
+            )
         total = rewards.sum(dim=-1, keepdim=True)
         if baseline == "mean":
             return (total / k).expand_as(rewards)
@@ -100,7 +104,6 @@ def sample_with_log_probs(
     fn = "sample_with_log_probs"
     check_tensor("logits", logits, fn=fn, kind="float", min_ndim=1)
     k = check_int("num_samples", num_samples, fn=fn, min=1)
-    assert k is not None
     logp = torch.log_softmax(float32(logits), dim=-1)
     flat = logp.detach().reshape(-1, logp.shape[-1])
     with torch.no_grad():

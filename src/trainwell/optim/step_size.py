@@ -207,12 +207,15 @@ class StepSizeAdaptation(Optimizer):
         if self.granularity == "global" and dots:
             signal = torch.stack(dots).sum()
             if self.cosine:
-                signal = signal / (torch.stack(sq_prev).sum() * torch.stack(sq_grad).sum()).sqrt().clamp_min(1e-30)
+                norms = (torch.stack(sq_prev).sum() * torch.stack(sq_grad).sum()).sqrt()
+                signal = signal / norms.clamp_min(1e-30)
             self.global_log_nu.add_(signal, alpha=gamma).clamp_(lo, hi)
 
         # 2. base step, then rescale its update by ν
         before = [p.detach().clone() for p in params]
-        grads = [p.grad.detach().clone() for p in params if p.grad is not None] if self.signal == "grad" else None
+        grads = (
+            [p.grad.detach().clone() for p in params if p.grad is not None] if self.signal == "grad" else None
+        )
         self.optimizer.step()
         for i, (p, b) in enumerate(zip(params, before)):
             st = self._astate(p)
@@ -237,23 +240,35 @@ class StepSizeAdaptation(Optimizer):
         return {
             "base": self.optimizer.state_dict(),
             "adapter": {
-                index[p]: {"log_nu": st["log_nu"].clone(),
-                           "prev": None if st["prev"] is None else st["prev"].clone()}
+                index[p]: {
+                    "log_nu": st["log_nu"].clone(),
+                    "prev": None if st["prev"] is None else st["prev"].clone(),
+                }
                 for p, st in self.adapter_state.items()
                 if p in index
             },
             "global_log_nu": self.global_log_nu.clone(),
             "num_steps": self.num_steps,
-            "config": {"meta_lr": self.meta_lr, "granularity": self.granularity, "signal": self.signal,
-                       "cosine": self.cosine, "nu_init": self.nu_init, "nu_min": self.nu_min,
-                       "nu_max": self.nu_max},
+            "config": {
+                "meta_lr": self.meta_lr,
+                "granularity": self.granularity,
+                "signal": self.signal,
+                "cosine": self.cosine,
+                "nu_init": self.nu_init,
+                "nu_min": self.nu_min,
+                "nu_max": self.nu_max,
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         cfg = state_dict["config"]
         if cfg["granularity"] != self.granularity:
-            fail("StepSizeAdaptation.load_state_dict", "state_dict",
-                 f"a state saved with granularity={self.granularity!r}", cfg["granularity"])
+            fail(
+                "StepSizeAdaptation.load_state_dict",
+                "state_dict",
+                f"a state saved with granularity={self.granularity!r}",
+                cfg["granularity"],
+            )
         self.optimizer.load_state_dict(state_dict["base"])
         params = self._params()
         self.adapter_state = {}
@@ -262,12 +277,17 @@ class StepSizeAdaptation(Optimizer):
             dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
             self.adapter_state[p] = {
                 "log_nu": st["log_nu"].to(device=p.device, dtype=dtype, copy=True),
-                "prev": None if st["prev"] is None else st["prev"].to(device=p.device, dtype=dtype,
-                                                                      copy=True),
+                "prev": None
+                if st["prev"] is None
+                else st["prev"].to(device=p.device, dtype=dtype, copy=True),
             }
         self.global_log_nu = state_dict["global_log_nu"].to(torch.float64, copy=True)
         self.num_steps = int(state_dict["num_steps"])
         self.meta_lr = float(cfg["meta_lr"])
         self.signal = cfg["signal"]
         self.cosine = bool(cfg["cosine"])
-        self.nu_init, self.nu_min, self.nu_max = float(cfg["nu_init"]), float(cfg["nu_min"]), float(cfg["nu_max"])
+        self.nu_init, self.nu_min, self.nu_max = (
+            float(cfg["nu_init"]),
+            float(cfg["nu_min"]),
+            float(cfg["nu_max"]),
+        )

@@ -57,7 +57,8 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 
 
 class _Noise:
-    """Regenerates the same direction u (one tensor per parameter) from an integer seed, any number of times."""
+    """Regenerates the same direction u (one tensor per parameter) from an integer seed, any number of times.
+    """
 
     def __init__(self, params: list[Tensor], distribution: str) -> None:
         self.params = params
@@ -165,9 +166,7 @@ def zo_grad(
     check_callable("loss_fn", loss_fn, fn=fn)
     plist = _as_param_list(params, fn)
     n = check_int("num_samples", num_samples, fn=fn, min=1)
-    assert n is not None
     s = check_number("sigma", sigma, fn=fn, min=0.0, min_inclusive=False)
-    assert s is not None
     check_bool("antithetic", antithetic, fn=fn)
     check_choice("baseline", baseline, ZO_BASELINES, fn=fn)
     check_choice("distribution", distribution, ZO_DISTRIBUTIONS, fn=fn)
@@ -276,8 +275,16 @@ class ZerothOrder(Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         for p in params:
             p.grad = None
-        loss = zo_grad(closure, params, self.num_samples, self.sigma, self.antithetic, self.baseline,
-                       self.distribution, self.generator)
+        loss = zo_grad(
+            closure,
+            params,
+            self.num_samples,
+            self.sigma,
+            self.antithetic,
+            self.baseline,
+            self.distribution,
+            self.generator,
+        )
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -341,7 +348,6 @@ def mgs_log_weights(
     check_tensor("loss_deltas", loss_deltas, fn=fn, kind="float", ndim=1)
     s = check_number("sigma", sigma, fn=fn, min=0.0, min_inclusive=False)
     lam = check_number("mix_lambda", mix_lambda, fn=fn, min=0.0, max=1.0)
-    assert s is not None and lam is not None
     dl = loss_deltas.double()
     if isinstance(alpha, str):
         check_choice("alpha", alpha, ("auto",), fn=fn)
@@ -349,7 +355,6 @@ def mgs_log_weights(
         a = max(a, 1e-8)
     else:
         a_checked = check_number("alpha", alpha, fn=fn, min=0.0, min_inclusive=False)
-        assert a_checked is not None
         a = a_checked
     log_lam = math.log(lam) if lam > 0 else -math.inf
     log_1m = math.log1p(-lam) if lam < 1 else -math.inf
@@ -424,7 +429,6 @@ def mgs_step(
     n = check_int("num_candidates", num_candidates, fn=fn, min=1)
     s = check_number("sigma", sigma, fn=fn, min=0.0, min_inclusive=False)
     lam = check_number("mix_lambda", mix_lambda, fn=fn, min=0.0, max=1.0)
-    assert n is not None and s is not None and lam is not None
     if isinstance(alpha, str):
         check_choice("alpha", alpha, ("auto",), fn=fn)
     else:
@@ -473,18 +477,23 @@ def mgs_step(
         a = max(float(deltas.std(unbiased=False)) if n > 1 else 1.0, 1e-8)
     else:
         a = float(alpha)
-    log_w = mgs_log_weights(deltas, torch.tensor(d_sq, dtype=torch.float64),
-                            torch.tensor(dm_sq, dtype=torch.float64), s, lam, a)
+    log_w = mgs_log_weights(
+        deltas, torch.tensor(d_sq, dtype=torch.float64), torch.tensor(dm_sq, dtype=torch.float64), s, lam, a
+    )
     w = log_w.exp()
     for seed, use_guide, wi in zip(seeds, guided, w.tolist()):
         if wi != 0.0:
             apply(seed, use_guide, wi)
     ess = float(1.0 / w.pow(2).sum())
     if ess < min_ess:
-        warnings.warn(f"mgs_step: effective sample size {ess:.2f} < {min_ess}; the update rests on one "
-                      "candidate (raise num_candidates or alpha, or lower sigma)", stacklevel=2)
-    return MGSResult(weights=w, losses=torch.tensor(losses, dtype=torch.float64), base_loss=base, ess=ess,
-                     alpha=a)
+        warnings.warn(
+            f"mgs_step: effective sample size {ess:.2f} < {min_ess}; the update rests on one "
+            "candidate (raise num_candidates or alpha, or lower sigma)",
+            stacklevel=2,
+        )
+    return MGSResult(
+        weights=w, losses=torch.tensor(losses, dtype=torch.float64), base_loss=base, ess=ess, alpha=a
+    )
 
 
 # --------------------------------------------------------------------------------------------- sampling view
@@ -534,7 +543,6 @@ def sampling_view_step(grads: Tensor | Sequence[Tensor], radius: float, temperat
         check_tensor("grads", g, fn=fn, kind="float")
     eps = check_number("radius", radius, fn=fn, min=0.0, min_inclusive=False)
     alpha = check_number("temperature", temperature, fn=fn, min=0.0, min_inclusive=False)
-    assert eps is not None and alpha is not None
     d = sum(g.numel() for g in glist)
     norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in glist))
     if norm == 0.0 or not math.isfinite(norm):

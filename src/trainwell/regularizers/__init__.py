@@ -8,13 +8,17 @@ protocol, used from a plain training loop::
     loss = reg.step(lambda: model(**batch).loss)   # passes + backward; weights restored bit-exactly
     optimizer.step()
 
-``step(closure, backward=..., scaler=...)`` supports GradScaler, gradient accumulation (directions come
-from the current micro-batch only) and DDP (``ddp_model=``: extra passes run under ``no_sync()``).
+``step(closure, *, backward=None, scaler=None) -> Tensor`` is written down once as the
+``typing.Protocol`` :class:`MultiPassStep` (``isinstance(obj, MultiPassStep)`` holds for each of them
+and for :class:`trainwell.losses.ContrastiveGradCache`). It supports GradScaler, gradient accumulation
+(directions come from the current micro-batch only) and DDP (``ddp_model=``: extra passes run under
+``no_sync()``).
 Flooding and R-Drop are losses: see :mod:`trainwell.losses`.
 """
 
 from __future__ import annotations
 
+from trainwell._step import MultiPassStep
 from trainwell.regularizers._common import freeze_bn_stats
 from trainwell.regularizers.adversarial import FGM, PGD
 from trainwell.regularizers.gradient_penalty import (
@@ -50,6 +54,7 @@ __all__ = [
     "GaussianNoise",
     "GradientBound",
     "GradientNormalized",
+    "MultiPassStep",
     "ParameterGradientPenalty",
     "balance_weight_scales",
     "capture_embedding_output",

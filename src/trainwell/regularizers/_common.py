@@ -12,19 +12,36 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from trainwell._validation import check_callable, check_module, fail
+from trainwell._hooks import OutputHook
+from trainwell._ops import RngReplay, autocast_enabled, autocast_off
+from trainwell._step import BackwardFn, MultiPassStep, grad_scale, resolve_backward
+from trainwell._validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_finite_number,
+    check_module,
+    fail,
+)
 
+# OutputHook (trainwell._hooks), RngReplay / autocast_enabled / autocast_off (trainwell._ops) and
+# BackwardFn / MultiPassStep (trainwell._step) live in their shared homes; re-exported here so that
+# ``from trainwell.regularizers._common import OutputHook`` keeps working.
 __all__ = [
     "BackwardFn",
+    "EmbeddingAttack",
     "EmbeddingPerturbation",
+    "MultiPassStep",
     "OutputHook",
     "RngReplay",
+    "autocast_enabled",
+    "autocast_off",
     "call_closure",
     "check_ddp_model",
     "check_embedding",
@@ -36,9 +53,6 @@ __all__ = [
     "sync_context",
     "unit",
 ]
-
-BackwardFn = Callable[[Tensor], Any]
-
 
 def check_embedding(embedding: Any, *, fn: str, need_weight: bool) -> nn.Module:
     """The module to perturb: an ``nn.Module`` (never a parameter-name substring)."""
@@ -81,40 +95,24 @@ def sync_context(ddp_model: Any, sync: bool) -> contextlib.AbstractContextManage
     return ddp_model.no_sync()  # type: ignore[no-any-return]
 
 
-def resolve_backward(backward: Any, scaler: Any, *, fn: str) -> BackwardFn:
-    """The callable used for every backward that must fill ``.grad``.
-
-    ``backward`` wins when given; otherwise ``scaler.scale(loss).backward()`` when a GradScaler is given;
-    otherwise ``loss.backward()``.
-    """
-    check_callable("backward", backward, fn=fn, allow_none=True)
-    if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "get_scale")):
-        fail(fn, "scaler", "a torch.amp.GradScaler or None", scaler, exc=TypeError)
-    if backward is not None:
-        return backward  # type: ignore[no-any-return]
-    if scaler is not None:
-        return lambda loss: scaler.scale(loss).backward()
-    return lambda loss: loss.backward()
-
-
-def grad_scale(scaler: Any) -> float:
-    """The factor the loss is multiplied by before ``autograd.grad`` (so fp16 gradients do not underflow)."""
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return float(scaler.get_scale())
-
-
 def call_closure(closure: Callable[[], Any], *, fn: str) -> Tensor:
     """Run ``closure`` and check that it returned a differentiable scalar loss."""
     out = closure()
     if not isinstance(out, Tensor):
         fail(fn, "closure", "a callable returning the scalar loss tensor", out, exc=TypeError)
     if out.numel() != 1:
-        fail(fn, "closure", "a callable returning a scalar loss (reduce per-sample losses, e.g. .mean())", out)
+        fail(
+            fn, "closure", "a callable returning a scalar loss (reduce per-sample losses, e.g. .mean())", out
+        )
     if not out.is_floating_point():
         fail(fn, "closure", "a callable returning a floating-point loss", out, exc=TypeError)
     if not out.requires_grad:
-        fail(fn, "closure", "a callable returning a loss that requires grad (forward pass with grad enabled)", out)
+        fail(
+            fn,
+            "closure",
+            "a callable returning a loss that requires grad (forward pass with grad enabled)",
+            out,
+        )
     return out.reshape(())
 
 
@@ -148,44 +146,6 @@ def unit(t: Tensor, per_sample: bool) -> Tensor:
 
 def dense(g: Tensor) -> Tensor:
     return g.to_dense() if g.is_sparse else g
-
-
-class RngReplay:
-    """Snapshot of the CPU (and initialized CUDA) RNG so later passes can draw the same dropout masks."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._cpu: Tensor | None = None
-        self._cuda: list[Tensor] | None = None
-        if enabled:
-            self._cpu = torch.get_rng_state()
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                self._cuda = torch.cuda.get_rng_state_all()
-
-    def replay(self) -> None:
-        if not self.enabled:
-            return
-        assert self._cpu is not None
-        torch.set_rng_state(self._cpu)
-        if self._cuda is not None:
-            torch.cuda.set_rng_state_all(self._cuda)
-
-    def mark_resume(self) -> None:
-        """Remember the current state: :meth:`resume` returns to it after the replayed passes.
-
-        Needed when a step draws random numbers of its own (VAT's initial direction) between the
-        snapshot and the replays; otherwise the next step would start from the same state again.
-        """
-        if self.enabled:
-            self._resume = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self._cuda is not None else None)
-
-    def resume(self) -> None:
-        resume = getattr(self, "_resume", None)
-        if resume is None:
-            return
-        torch.set_rng_state(resume[0])
-        if resume[1] is not None:
-            torch.cuda.set_rng_state_all(resume[1])
 
 
 @contextlib.contextmanager
@@ -246,6 +206,43 @@ def perturbed_weight(weight: Tensor, delta: Tensor | None) -> Iterator[None]:
             weight.copy_(saved)
 
 
+_T = TypeVar("_T")
+
+
+def _directions(grads: Sequence[Tensor | None], targets: Sequence[Tensor], scale: float) -> list[Tensor]:
+    """Dense, float32-or-better, unscaled gradients; an unused target gets zeros."""
+    out = []
+    for g, t in zip(grads, targets):
+        g = torch.zeros_like(t) if g is None else dense(g)
+        g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+        out.append(g / scale if scale != 1.0 else g)
+    return out
+
+
+class _CallCheck:
+    """Counts the calls of a module inside a block; raises the output-mode error when there is none."""
+
+    def __init__(self, module: nn.Module, fn: str) -> None:
+        self.module, self.fn, self.calls = module, fn, 0
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.calls += 1
+
+    def __enter__(self) -> _CallCheck:
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        if exc[0] is None and self.calls == 0:
+            fail(
+                self.fn,
+                "embedding",
+                "a module that closure() calls (its weight is what gets perturbed)",
+                self.module,
+            )
+
+
 class EmbeddingPerturbation:
     """What every perturbing two-pass object (FGM, PGD, fast GP, VAT) shares: its embedding module, its
     ``mode`` (``'matrix'`` perturbs the weight, ``'output'`` the module's output through
@@ -259,9 +256,35 @@ class EmbeddingPerturbation:
         weight: Tensor = self.embedding.weight  # type: ignore[assignment]
         return weight
 
+    def _run(
+        self, forward: Callable[[], _T], fn: str, deltas: Sequence[Tensor] | None
+    ) -> tuple[_T, list[Tensor]]:
+        """Run one pass; return its result and the tensors a direction is taken against.
+
+        Output mode: the embedding outputs (perturbed by ``deltas`` through :class:`OutputHook`).
+        Matrix mode: the weight. Either way an embedding that the pass never calls is an error (it
+        cannot be perturbed, and the "adversarial" loss would silently equal the clean one).
+        """
+        if self.mode == "output":
+            with OutputHook(self.embedding, fn=fn, deltas=deltas) as hook:
+                result = forward()
+            return result, hook.outputs
+        weight = self._weight
+        if not weight.requires_grad:
+            fail(
+                fn,
+                "embedding",
+                "a module whose weight requires grad in mode='matrix' (use mode='output' "
+                "for a frozen embedding)",
+                self.embedding,
+            )
+        with _CallCheck(self.embedding, fn):
+            result = forward()
+        return result, [weight]
+
     @contextlib.contextmanager
     def _applied(self, deltas: Sequence[Tensor] | None) -> Iterator[None]:
-        """Matrix mode: weight += delta in place for the block (restored by copy). Output mode: the hook adds it."""
+        """Matrix mode: weight += delta in place for the block (restored by copy); output mode: the hook."""
         if self.mode == "matrix" and deltas is not None:
             with perturbed_weight(self._weight, deltas[0]):
                 yield
@@ -269,72 +292,143 @@ class EmbeddingPerturbation:
             yield
 
 
-class OutputHook:
-    """Forward hook on the embedding module: records each call's output and adds a per-call perturbation.
+_MODES = ("matrix", "output")
 
-    The i-th call of the module inside one pass gets ``deltas[i]`` added to its output. Outputs that do
-    not require grad (frozen embedding) are turned into grad-requiring leaves so that gradients with
-    respect to them can be taken.
+
+class EmbeddingAttack(EmbeddingPerturbation):
+    """Shared two-pass protocol: clean pass for a direction, perturbed pass(es), backward, restore.
+
+    Invariants every subclass keeps:
+
+    * the direction comes from *this* micro-batch only (``torch.autograd.grad`` or a tensor hook), so
+      ``.grad`` left by earlier micro-batches (gradient accumulation) never leaks into it;
+    * passes whose gradients are only used as a direction run under ``ddp_model.no_sync()``; only the
+      final backward all-reduces;
+    * in ``mode='matrix'`` the embedding weight is restored by copying a saved clone (bit-exact);
+    * BatchNorm running statistics are updated by the clean pass only (``freeze_bn=True``).
     """
 
-    def __init__(self, module: nn.Module, *, fn: str, deltas: Sequence[Tensor] | None = None) -> None:
-        self.module = module
-        self.fn = fn
-        self.deltas = list(deltas) if deltas is not None else None
-        self.outputs: list[Tensor] = []
-        self._handle: Any = None
+    _name = "FGM"
 
-    def __enter__(self) -> OutputHook:
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
+    def __init__(
+        self,
+        embedding: Any,
+        *,
+        epsilon: float,
+        mode: str,
+        ddp_model: Any,
+        replay_rng: bool,
+        freeze_bn: bool,
+    ) -> None:
+        fn = self._name
+        if not isinstance(mode, str):
+            fail(fn, "mode", "one of 'matrix', 'output'", mode, exc=TypeError)
+        self.mode: str = check_choice("mode", mode, _MODES, fn=fn)
+        self.embedding = check_embedding(embedding, fn=fn, need_weight=self.mode == "matrix")
+        self.epsilon: float = check_finite_number("epsilon", epsilon, fn=fn, min=0.0)
+        self.ddp_model = check_ddp_model(ddp_model, fn=fn)
+        self.replay_rng: bool = check_bool("replay_rng", replay_rng, fn=fn)
+        self.freeze_bn: bool = check_bool("freeze_bn", freeze_bn, fn=fn)
+        self.last_perturbation: list[Tensor] | None = None
+        self.last_adversarial_loss: Tensor | None = None
+        self.perturbed: bool = False
 
-    def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
-        if exc[0] is None:
-            if not self.outputs:
-                fail(
-                    self.fn,
-                    "embedding",
-                    "a module that closure() calls (its output is what gets perturbed)",
-                    self.module,
-                )
-            if self.deltas is not None and len(self.outputs) != len(self.deltas):
-                raise RuntimeError(
-                    f"{self.fn}(): the embedding module was called {len(self.outputs)} times in this pass "
-                    f"but {len(self.deltas)} times in the clean pass; closure() must run the same forward"
-                )
+    # ------------------------------------------------------------------------------------- helpers
+    def _pass(
+        self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Run ``closure`` once; return the loss and the tensors the direction is taken against."""
+        return self._run(lambda: call_closure(closure, fn=fn), fn, deltas)
 
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> Tensor:
-        if not isinstance(output, Tensor) or not output.is_floating_point():
-            fail(
-                self.fn,
-                "embedding",
-                "a module whose forward returns a floating tensor in mode='output'",
-                module,
-                exc=TypeError,
-            )
-        i = len(self.outputs)
-        if self.deltas is not None:
-            if i >= len(self.deltas):
-                raise RuntimeError(
-                    f"{self.fn}(): the embedding module was called more often than in the clean pass; "
-                    "closure() must run the same forward every time"
-                )
-            delta = self.deltas[i]
-            if delta.shape != output.shape:
-                raise RuntimeError(
-                    f"{self.fn}(): embedding output shape changed between passes: "
-                    f"{tuple(delta.shape)} in the clean pass, {tuple(output.shape)} now"
-                )
-            output = output + delta.to(output.dtype)
-        if torch.is_grad_enabled() and not output.requires_grad:
-            output = output.detach().requires_grad_(True)
-        self.outputs.append(output)
-        return output
+    def _clean(
+        self, closure: Callable[[], Any], fn: str, do_backward: BackwardFn, scale: float
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Clean pass under ``no_sync``: the loss and this micro-batch's gradient at the perturbed tensors.
 
+        With ``include_clean_loss`` the clean loss is also backpropagated into ``.grad`` (its gradient is
+        captured on the way); otherwise ``autograd.grad`` leaves ``.grad`` untouched.
+        """
+        with sync_context(self.ddp_model, sync=False):
+            loss, targets = self._pass(closure, fn, None)
+            if getattr(self, "include_clean_loss", False):
+                grads = self._backward_capture(do_backward, loss, targets, scale)
+            else:
+                grads = self._grads(loss, targets, scale)
+        return loss, grads
 
-def autocast_enabled(device_type: str) -> bool:
-    try:
-        return bool(torch.is_autocast_enabled(device_type))
-    except TypeError:  # pragma: no cover - torch < 2.4
-        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+    @staticmethod
+    def _grads(loss: Tensor, targets: Sequence[Tensor], scale: float) -> list[Tensor]:
+        """Gradient of ``loss`` w.r.t. ``targets`` without touching ``.grad`` (no DDP hook fires)."""
+        scaled = loss * scale if scale != 1.0 else loss
+        gs = torch.autograd.grad(scaled, list(targets), allow_unused=True)
+        return _directions(gs, targets, scale)
+
+    @staticmethod
+    def _backward_capture(
+        do_backward: BackwardFn, loss: Tensor, targets: Sequence[Tensor], scale: float
+    ) -> list[Tensor]:
+        """Run the user's backward (fills ``.grad``) and capture this pass's gradient at ``targets``.
+
+        Tensor hooks see the gradient of this backward only, before it is accumulated into ``.grad``.
+        With a custom ``backward`` the captured gradient carries an unknown loss scale; the callers
+        normalize it, which removes any positive scale.
+        """
+        captured: list[Tensor | None] = [None] * len(targets)
+
+        def make(i: int) -> Callable[[Tensor], None]:
+            def hook(g: Tensor) -> None:
+                captured[i] = g.detach()
+
+            return hook
+
+        handles = [t.register_hook(make(i)) for i, t in enumerate(targets)]
+        try:
+            do_backward(loss)
+        finally:
+            for h in handles:
+                h.remove()
+        return _directions(captured, targets, scale)
+
+    @staticmethod
+    def _finite(grads: Sequence[Tensor]) -> bool:
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def _normalized(self, g: Tensor) -> Tensor:
+        # matrix: the post's ε·g/(‖g‖_F + 1e-8); output: exact per-sample unit vectors (scale-free, so
+        # the direction does not depend on the batch size, the DDP split or a loss scale)
+        if self.mode == "output":
+            return unit(g, per_sample=True)
+        return normalize(g, per_sample=False, eps=1e-8)
+
+    def _start(self, closure: Any, backward: Any, scaler: Any) -> tuple[str, BackwardFn, float, RngReplay]:
+        fn = f"{self._name}.step"
+        check_callable("closure", closure, fn=fn)
+        do_backward = resolve_backward(backward, scaler, fn=fn)
+        return fn, do_backward, grad_scale(scaler), RngReplay(self.replay_rng)
+
+    def _plain(self, closure: Callable[[], Any], fn: str, do_backward: BackwardFn) -> Tensor:
+        """Plain training step (used when the perturbation is zero by construction)."""
+        loss = call_closure(closure, fn=fn)
+        do_backward(loss)
+        self.last_perturbation = None
+        self.last_adversarial_loss = loss.detach()
+        self.perturbed = False
+        return loss.detach()
+
+    def _final(
+        self,
+        closure: Callable[[], Any],
+        fn: str,
+        do_backward: BackwardFn,
+        deltas: Sequence[Tensor] | None,
+        rng: RngReplay,
+    ) -> Tensor:
+        """Perturbed pass whose backward fills ``.grad`` (and all-reduces under DDP)."""
+        rng.replay()
+        with self._applied(deltas), freeze_bn_stats(enabled=self.freeze_bn):
+            adv, _ = self._pass(closure, fn, deltas)
+            do_backward(adv)
+        self.last_adversarial_loss = adv.detach()
+        self.last_perturbation = None if deltas is None else [d.detach() for d in deltas]
+        self.perturbed = deltas is not None
+        return adv

@@ -15,184 +15,27 @@ arXiv 1605.07725 (perturbing embeddings).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from trainwell._validation import (
-    check_bool,
-    check_callable,
-    check_choice,
-    check_finite_number,
-    check_int,
-    fail,
-)
+from trainwell._validation import check_bool, check_finite_number, check_int
 from trainwell.regularizers._common import (
     BackwardFn,
-    EmbeddingPerturbation,
-    OutputHook,
-    RngReplay,
-    call_closure,
-    check_ddp_model,
-    check_embedding,
-    dense,
+    EmbeddingAttack,
     freeze_bn_stats,
-    grad_scale,
-    normalize,
-    resolve_backward,
     sync_context,
-    unit,
 )
 
 __all__ = ["FGM", "PGD"]
 
-_MODES = ("matrix", "output")
+# the shared block lives in _common; the old private name stays importable from here
+_EmbeddingAttack = EmbeddingAttack
 
 
-class _EmbeddingAttack(EmbeddingPerturbation):
-    """Shared two-pass protocol: clean pass for a direction, perturbed pass(es), backward, restore.
-
-    Invariants every subclass keeps:
-
-    * the direction comes from *this* micro-batch only (``torch.autograd.grad`` or a tensor hook), so
-      ``.grad`` left by earlier micro-batches (gradient accumulation) never leaks into it;
-    * passes whose gradients are only used as a direction run under ``ddp_model.no_sync()``; only the
-      final backward all-reduces;
-    * in ``mode='matrix'`` the embedding weight is restored by copying a saved clone (bit-exact);
-    * BatchNorm running statistics are updated by the clean pass only (``freeze_bn=True``).
-    """
-
-    _name = "FGM"
-
-    def __init__(
-        self,
-        embedding: Any,
-        *,
-        epsilon: float,
-        mode: str,
-        ddp_model: Any,
-        replay_rng: bool,
-        freeze_bn: bool,
-    ) -> None:
-        fn = self._name
-        if not isinstance(mode, str):
-            fail(fn, "mode", "one of 'matrix', 'output'", mode, exc=TypeError)
-        self.mode: str = check_choice("mode", mode, _MODES, fn=fn)
-        self.embedding = check_embedding(embedding, fn=fn, need_weight=self.mode == "matrix")
-        self.epsilon: float = check_finite_number("epsilon", epsilon, fn=fn, min=0.0)
-        self.ddp_model = check_ddp_model(ddp_model, fn=fn)
-        self.replay_rng: bool = check_bool("replay_rng", replay_rng, fn=fn)
-        self.freeze_bn: bool = check_bool("freeze_bn", freeze_bn, fn=fn)
-        self.last_perturbation: list[Tensor] | None = None
-        self.last_adversarial_loss: Tensor | None = None
-        self.perturbed: bool = False
-
-    # ------------------------------------------------------------------------------------- helpers
-    def _pass(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
-        """Run ``closure`` once; return the loss and the tensors the direction is taken against."""
-        if self.mode == "output":
-            with OutputHook(self.embedding, fn=fn, deltas=deltas) as hook:
-                loss = call_closure(closure, fn=fn)
-            return loss, hook.outputs
-        weight = self._weight
-        if not weight.requires_grad:
-            fail(fn, "embedding", "a module whose weight requires grad in mode='matrix' (use mode='output' "
-                 "for a frozen embedding)", self.embedding)
-        return call_closure(closure, fn=fn), [weight]
-
-    @staticmethod
-    def _grads(loss: Tensor, targets: Sequence[Tensor], scale: float) -> list[Tensor]:
-        """Gradient of ``loss`` w.r.t. ``targets`` without touching ``.grad`` (no DDP hook fires)."""
-        scaled = loss * scale if scale != 1.0 else loss
-        gs = torch.autograd.grad(scaled, list(targets), allow_unused=True)
-        out = []
-        for g, t in zip(gs, targets):
-            g = torch.zeros_like(t) if g is None else dense(g)
-            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-            out.append(g / scale if scale != 1.0 else g)
-        return out
-
-    @staticmethod
-    def _backward_capture(
-        do_backward: BackwardFn, loss: Tensor, targets: Sequence[Tensor], scale: float
-    ) -> list[Tensor]:
-        """Run the user's backward (fills ``.grad``) and capture this pass's gradient at ``targets``.
-
-        Tensor hooks see the gradient of this backward only, before it is accumulated into ``.grad``.
-        With a custom ``backward`` the captured gradient carries an unknown loss scale; the callers
-        normalize it, which removes any positive scale.
-        """
-        captured: list[Tensor | None] = [None] * len(targets)
-
-        def make(i: int) -> Callable[[Tensor], None]:
-            def hook(g: Tensor) -> None:
-                captured[i] = g.detach()
-
-            return hook
-
-        handles = [t.register_hook(make(i)) for i, t in enumerate(targets)]
-        try:
-            do_backward(loss)
-        finally:
-            for h in handles:
-                h.remove()
-        out = []
-        for g, t in zip(captured, targets):
-            g = torch.zeros_like(t) if g is None else dense(g)
-            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-            out.append(g / scale if scale != 1.0 else g)
-        return out
-
-    @staticmethod
-    def _finite(grads: Sequence[Tensor]) -> bool:
-        return all(bool(torch.isfinite(g).all()) for g in grads)
-
-    def _normalized(self, g: Tensor) -> Tensor:
-        # matrix: the post's ε·g/(‖g‖_F + 1e-8); output: exact per-sample unit vectors (scale-free, so
-        # the direction does not depend on the batch size, the DDP split or a loss scale)
-        if self.mode == "output":
-            return unit(g, per_sample=True)
-        return normalize(g, per_sample=False, eps=1e-8)
-
-    def _start(
-        self, closure: Any, backward: Any, scaler: Any
-    ) -> tuple[str, BackwardFn, float, RngReplay]:
-        fn = f"{self._name}.step"
-        check_callable("closure", closure, fn=fn)
-        do_backward = resolve_backward(backward, scaler, fn=fn)
-        return fn, do_backward, grad_scale(scaler), RngReplay(self.replay_rng)
-
-    def _plain(self, closure: Callable[[], Any], fn: str, do_backward: BackwardFn) -> Tensor:
-        """Plain training step (used when the perturbation is zero by construction)."""
-        loss = call_closure(closure, fn=fn)
-        do_backward(loss)
-        self.last_perturbation = None
-        self.last_adversarial_loss = loss.detach()
-        self.perturbed = False
-        return loss.detach()
-
-    def _final(
-        self,
-        closure: Callable[[], Any],
-        fn: str,
-        do_backward: BackwardFn,
-        deltas: Sequence[Tensor] | None,
-        rng: RngReplay,
-    ) -> Tensor:
-        """Perturbed pass whose backward fills ``.grad`` (and all-reduces under DDP)."""
-        rng.replay()
-        with self._applied(deltas), freeze_bn_stats(enabled=self.freeze_bn):
-            adv, _ = self._pass(closure, fn, deltas)
-            do_backward(adv)
-        self.last_adversarial_loss = adv.detach()
-        self.last_perturbation = None if deltas is None else [d.detach() for d in deltas]
-        self.perturbed = deltas is not None
-        return adv
-
-
-class FGM(_EmbeddingAttack):
+class FGM(EmbeddingAttack):
     """Fast Gradient Method on an embedding: one L2-normalized ascent step, then descent on the attacked loss.
 
     With ``g = ∇L`` from a clean pass (``L`` the scalar loss ``closure()`` returns), the perturbation is
@@ -239,7 +82,12 @@ class FGM(_EmbeddingAttack):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__(
-            embedding, epsilon=epsilon, mode=mode, ddp_model=ddp_model, replay_rng=replay_rng, freeze_bn=freeze_bn
+            embedding,
+            epsilon=epsilon,
+            mode=mode,
+            ddp_model=ddp_model,
+            replay_rng=replay_rng,
+            freeze_bn=freeze_bn,
         )
         self.include_clean_loss: bool = check_bool("include_clean_loss", include_clean_loss, fn=self._name)
 
@@ -266,18 +114,13 @@ class FGM(_EmbeddingAttack):
         fn, do_backward, scale, rng = self._start(closure, backward, scaler)
         if self.epsilon == 0.0 and not self.include_clean_loss:
             return self._plain(closure, fn, do_backward)
-        with sync_context(self.ddp_model, sync=False):
-            loss, targets = self._pass(closure, fn, None)
-            if self.include_clean_loss:
-                grads = self._backward_capture(do_backward, loss, targets, scale)
-            else:
-                grads = self._grads(loss, targets, scale)
+        loss, grads = self._clean(closure, fn, do_backward, scale)
         deltas = [self.epsilon * self._normalized(g) for g in grads] if self._finite(grads) else None
         self._final(closure, fn, do_backward, deltas, rng)
         return loss.detach()
 
 
-class PGD(_EmbeddingAttack):
+class PGD(EmbeddingAttack):
     """Projected Gradient Descent adversarial training on an embedding (K projected ascent steps).
 
     Starting from ``r_0 = 0``: ``r_k = Π_ε(r_{k-1} + α·g_k/‖g_k‖)``, ``g_k`` the gradient at
@@ -313,11 +156,15 @@ class PGD(_EmbeddingAttack):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__(
-            embedding, epsilon=epsilon, mode=mode, ddp_model=ddp_model, replay_rng=replay_rng, freeze_bn=freeze_bn
+            embedding,
+            epsilon=epsilon,
+            mode=mode,
+            ddp_model=ddp_model,
+            replay_rng=replay_rng,
+            freeze_bn=freeze_bn,
         )
         self.alpha: float = check_finite_number("alpha", alpha, fn=self._name, min=0.0, min_inclusive=False)
         steps_v = check_int("steps", steps, fn=self._name, min=1)
-        assert steps_v is not None
         self.steps: int = steps_v
         self.include_clean_loss: bool = check_bool("include_clean_loss", include_clean_loss, fn=self._name)
 
@@ -343,12 +190,7 @@ class PGD(_EmbeddingAttack):
         fn, do_backward, scale, rng = self._start(closure, backward, scaler)
         if self.epsilon == 0.0 and not self.include_clean_loss:
             return self._plain(closure, fn, do_backward)
-        with sync_context(self.ddp_model, sync=False):
-            loss, targets = self._pass(closure, fn, None)
-            if self.include_clean_loss:
-                grads = self._backward_capture(do_backward, loss, targets, scale)
-            else:
-                grads = self._grads(loss, targets, scale)
+        loss, grads = self._clean(closure, fn, do_backward, scale)
         if not self._finite(grads):
             self._final(closure, fn, do_backward, None, rng)
             return loss.detach()
@@ -358,7 +200,11 @@ class PGD(_EmbeddingAttack):
             if k == self.steps - 1:
                 break
             rng.replay()
-            with sync_context(self.ddp_model, sync=False), self._applied(rs), freeze_bn_stats(enabled=self.freeze_bn):
+            with (
+                sync_context(self.ddp_model, sync=False),
+                self._applied(rs),
+                freeze_bn_stats(enabled=self.freeze_bn),
+            ):
                 adv, adv_targets = self._pass(closure, fn, rs)
                 grads = self._grads(adv, adv_targets, scale)
             if not self._finite(grads):

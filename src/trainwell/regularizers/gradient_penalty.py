@@ -29,6 +29,7 @@ from trainwell._validation import (
 )
 from trainwell.regularizers._common import (
     BackwardFn,
+    EmbeddingAttack,
     OutputHook,
     RngReplay,
     call_closure,
@@ -37,7 +38,6 @@ from trainwell.regularizers._common import (
     resolve_backward,
     sync_context,
 )
-from trainwell.regularizers.adversarial import _EmbeddingAttack
 
 __all__ = [
     "FastGradientPenalty",
@@ -69,7 +69,9 @@ def capture_embedding_output(embedding: nn.Module) -> Iterator[list[Tensor]]:
 
 
 def _as_tensor_list(name: str, value: Any, fn: str) -> list[Tensor]:
-    items = [value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else None
+    items = (
+        [value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else None
+    )
     if not items:
         fail(fn, name, "a tensor or a non-empty list/tuple of tensors", value, exc=TypeError)
     for t in items:
@@ -89,6 +91,36 @@ def _sq_norm(grads: Sequence[Tensor | None]) -> Tensor:
         total = s if total is None else total + s
     assert total is not None
     return total
+
+
+_VIEW_NODES = ("Reshape", "Transpose", "View", "Permute", "Expand", "Unsqueeze", "Squeeze", "Clone")
+
+
+def _check_twice_differentiable(grads: Sequence[Tensor | None], fn: str) -> None:
+    """Raise a clear error now if the graph of ``grads`` cannot be differentiated again.
+
+    Ops without a second derivative leave ``NotImplemented`` nodes in a ``create_graph=True`` graph;
+    the failure would otherwise surface later, in the user's ``backward``, as a raw autograd error
+    (fused SDPA attention is the usual culprit: Hugging Face models use it by default).
+    """
+    stack: list[Any] = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "NotImplemented":
+            # its inputs are the first-order backward node of the culprit (plus view/transpose nodes)
+            names = [type(n).__name__ for n, _ in node.next_functions if n is not None]
+            culprit = next((n for n in names if not n.startswith(_VIEW_NODES)), names[-1] if names else "?")
+            raise RuntimeError(
+                f"{fn}(): the gradient passes through '{culprit}', which has no second derivative, so the "
+                "penalty cannot be backpropagated (double backprop). Fused scaled-dot-product attention "
+                "(the Hugging Face default) is the usual cause: build the model with "
+                'attn_implementation="eager", or use FastGradientPenalty (first derivatives only).'
+            )
+        stack.extend(nxt for nxt, _ in node.next_functions)
 
 
 def gradient_penalty(
@@ -114,10 +146,11 @@ def gradient_penalty(
     Per-sample gradients from one backward are only valid when samples do not interact (no
     train-mode BatchNorm).
 
-    Double backprop needs every op to be twice differentiable: on CPU the fused SDPA attention of
-    Hugging Face models is not (``derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward
-    is not implemented`` at ``backward``); build the model with ``attn_implementation="eager"`` or use
-    :class:`FastGradientPenalty`, which needs first derivatives only.
+    Double backprop needs every op to be twice differentiable: the fused SDPA attention of Hugging Face
+    models is not. The penalty checks its graph and raises a ``RuntimeError`` saying so right away
+    (instead of a raw autograd error at ``backward``); build the model with
+    ``attn_implementation="eager"`` or use :class:`FastGradientPenalty`, which needs first derivatives
+    only.
 
     Args:
         loss: scalar loss (or ``[B]`` per-sample losses with ``per_sample=True``) built from ``inputs``.
@@ -129,6 +162,10 @@ def gradient_penalty(
 
     Returns:
         The penalty (float32 for half inputs), differentiable w.r.t. the parameters.
+
+    Shape:
+        loss: a scalar (or ``[B]`` with ``per_sample=True``); inputs: ``[B, ...]`` tensor(s).
+        output: a scalar.
 
     Source: kexue.fm/archives/7234, kexue.fm/archives/7466; Ross & Doshi-Velez arXiv 1711.09404.
     """
@@ -146,12 +183,17 @@ def gradient_penalty(
     if not loss.requires_grad:
         fail(fn, "loss", "a loss that requires grad (computed from 'inputs')", loss)
     if eps == 0.0:
-        return loss.new_zeros((), dtype=torch.float32 if loss.dtype in (torch.float16, torch.bfloat16) else loss.dtype)
+        return loss.new_zeros(
+            (), dtype=torch.float32 if loss.dtype in (torch.float16, torch.bfloat16) else loss.dtype
+        )
     scale = grad_scale(scaler)
     total = loss.sum() if loss.numel() != 1 else loss.reshape(())
-    grads = torch.autograd.grad(total * scale if scale != 1.0 else total, xs, create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        total * scale if scale != 1.0 else total, xs, create_graph=True, allow_unused=True
+    )
     if all(g is None for g in grads):
         fail(fn, "inputs", "tensor(s) that 'loss' depends on", xs[0])
+    _check_twice_differentiable(grads, fn)
     if scale != 1.0:
         grads = tuple(None if g is None else g * (1.0 / scale) for g in grads)
     sq = _sq_norm(grads)
@@ -161,7 +203,7 @@ def gradient_penalty(
     return 0.5 * eps * sq
 
 
-class FastGradientPenalty(_EmbeddingAttack):
+class FastGradientPenalty(EmbeddingAttack):
     """Input-gradient penalty ``L + ε/2·‖∇_x L‖²`` trained by finite differences (no double backprop).
 
     Two passes: the clean pass gives ``g = ∇_x L`` (``autograd.grad``, no ``.grad`` touched), the
@@ -197,7 +239,12 @@ class FastGradientPenalty(_EmbeddingAttack):
         freeze_bn: bool = True,
     ) -> None:
         super().__init__(
-            embedding, epsilon=epsilon, mode="output", ddp_model=ddp_model, replay_rng=replay_rng, freeze_bn=freeze_bn
+            embedding,
+            epsilon=epsilon,
+            mode="output",
+            ddp_model=ddp_model,
+            replay_rng=replay_rng,
+            freeze_bn=freeze_bn,
         )
         self.per_sample: bool = check_bool("per_sample", per_sample, fn=self._name)
 
@@ -216,12 +263,12 @@ class FastGradientPenalty(_EmbeddingAttack):
         fn, do_backward, scale, rng = self._start(closure, backward, scaler)
         if self.epsilon == 0.0:
             return self._plain(closure, fn, do_backward)
-        with sync_context(self.ddp_model, sync=False):
-            loss, targets = self._pass(closure, fn, None)
-            grads = self._grads(loss, targets, scale)
+        loss, grads = self._clean(closure, fn, do_backward, scale)
         deltas = None
         if self._finite(grads):
-            deltas = [self.epsilon * (g * g.shape[0] if self.per_sample and g.dim() >= 1 else g) for g in grads]
+            deltas = [
+                self.epsilon * (g * g.shape[0] if self.per_sample and g.dim() >= 1 else g) for g in grads
+            ]
         self._final(closure, fn, do_backward, deltas, rng)
         return loss.detach()
 
@@ -268,6 +315,9 @@ def parameter_gradient_penalty(
 
     Returns:
         The penalty (float32 for half parameters), differentiable.
+
+    Shape:
+        loss: a scalar; output: a scalar.
     """
     fn = "parameter_gradient_penalty"
     check_scalar_tensor("loss", loss, fn=fn)
@@ -277,7 +327,10 @@ def parameter_gradient_penalty(
         fail(fn, "loss", "a loss that requires grad", loss)
     scale = grad_scale(scaler)
     total = loss.reshape(())
-    grads = torch.autograd.grad(total * scale if scale != 1.0 else total, ps, create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        total * scale if scale != 1.0 else total, ps, create_graph=True, allow_unused=True
+    )
+    _check_twice_differentiable(grads, fn)
     if scale != 1.0:
         grads = tuple(None if g is None else g * (1.0 / scale) for g in grads)
     if all(g is None for g in grads):
@@ -347,7 +400,9 @@ class ParameterGradientPenalty:
             loss = call_closure(closure, fn=fn)
             gs = torch.autograd.grad(loss * scale if scale != 1.0 else loss, self.params, allow_unused=True)
         grads = [
-            torch.zeros_like(p) if g is None else (g.float() if g.dtype in (torch.float16, torch.bfloat16) else g) / scale
+            torch.zeros_like(p)
+            if g is None
+            else (g.float() if g.dtype in (torch.float16, torch.bfloat16) else g) / scale
             for g, p in zip(gs, self.params)
         ]
         gnorm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))

@@ -6,8 +6,9 @@
   Expansion A: ``E_ε l(f(x+ε), y) = l + σ²/2·Δ_x l + O(σ⁴)``.
 * :func:`noise_consistency_loss` — Expansion B, ``l(f(x+ε), sg f(x))``: a label-free, zeroth-order
   (finite-difference) estimate of ``σ²/2·Σ_i λ_i‖∇_x f_i‖²`` (KL: ``λ_i = 1/f_i``; MSE: ``λ_i = 2``).
-* :func:`random_sign_gradient_penalty` — fast approximation C: ``Σ_i λ_i‖∇_x f_i‖² = E_η‖∇_x Σ_i η_i√λ_i f_i‖²``
-  with Rademacher ``η``, one backward per projection instead of one per output.
+* :func:`random_sign_gradient_penalty` — fast approximation C:
+  ``Σ_i λ_i‖∇_x f_i‖² = E_η‖∇_x Σ_i η_i√λ_i f_i‖²`` with Rademacher ``η``, one backward per projection
+  instead of one per output.
 * :func:`jacobian_penalty` — the exact ``Σ_i λ_i‖∇_x f_i‖²`` (one backward per output; small ``k``).
 
 Source: kexue.fm/archives/7466; Bishop (1995) "Training with noise is equivalent to Tikhonov
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction
+from trainwell._ops import apply_reduction, compute_dtype, to_compute_dtype
 from trainwell._validation import (
     check_bool,
     check_callable,
@@ -152,7 +153,6 @@ def noisy_loss(
     check_tensor("target", target, fn=fn, min_ndim=1)
     s = check_finite_number("sigma", sigma, fn=fn, min=0.0)
     k = check_int("n_samples", n_samples, fn=fn, min=1)
-    assert k is not None
     check_bool("antithetic", antithetic, fn=fn)
     if antithetic and k % 2:
         fail(fn, "n_samples", "an even number when antithetic=True", n_samples)
@@ -161,8 +161,12 @@ def noisy_loss(
     x = inputs.repeat_interleave(k, dim=0)
     y = target.repeat_interleave(k, dim=0)
     if antithetic:
-        half = torch.randn((inputs.shape[0], k // 2, *inputs.shape[1:]), dtype=inputs.dtype,
-                           device=inputs.device, generator=generator)
+        half = torch.randn(
+            (inputs.shape[0], k // 2, *inputs.shape[1:]),
+            dtype=inputs.dtype,
+            device=inputs.device,
+            generator=generator,
+        )
         eps = torch.cat([half, -half], dim=1).reshape(x.shape)
     else:
         eps = torch.randn(x.shape, dtype=inputs.dtype, device=inputs.device, generator=generator)
@@ -267,10 +271,13 @@ def jacobian_penalty(
     w = _check_weights(weights, outputs, fn)
     f = outputs if w is None else outputs * w.sqrt()
     flat = f.reshape(f.shape[0], -1)
-    total = inputs.new_zeros(inputs.shape[0], dtype=torch.float32 if inputs.dtype != torch.float64 else inputs.dtype)
+    total = inputs.new_zeros(
+        inputs.shape[0], dtype=compute_dtype(inputs)
+    )
     for i in range(flat.shape[1]):
-        (g,) = torch.autograd.grad(flat[:, i].sum(), inputs, create_graph=create_graph, retain_graph=True,
-                                   allow_unused=True)
+        (g,) = torch.autograd.grad(
+            flat[:, i].sum(), inputs, create_graph=create_graph, retain_graph=True, allow_unused=True
+        )
         if g is not None:
             total = total + _per_sample_sq(g)
     return apply_reduction(total, red)
@@ -309,7 +316,6 @@ def noise_consistency_loss(
     s = check_finite_number("sigma", sigma, fn=fn, min=0.0)
     kind = check_choice("kind", kind, ("kl", "mse"), fn=fn)
     k = check_int("n_samples", n_samples, fn=fn, min=1)
-    assert k is not None
     red = check_reduction(reduction, fn=fn)
     check_tensor("outputs", outputs, fn=fn, kind="float", allow_none=True)
     if outputs is None:
@@ -322,8 +328,8 @@ def noise_consistency_loss(
     noisy = model(x + s * eps)
     ref = clean.repeat_interleave(k, dim=0)
     if kind == "kl":
-        lp = F.log_softmax(ref.float() if ref.dtype != torch.float64 else ref, dim=-1)
-        lq = F.log_softmax(noisy.float() if noisy.dtype != torch.float64 else noisy, dim=-1)
+        lp = F.log_softmax(to_compute_dtype(ref), dim=-1)
+        lq = F.log_softmax(to_compute_dtype(noisy), dim=-1)
         per = (lp.exp() * (lp - lq)).sum(-1)
     else:
         diff = noisy.float() - ref.float() if noisy.dtype != torch.float64 else noisy - ref

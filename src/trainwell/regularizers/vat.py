@@ -11,7 +11,6 @@ K = 1; the official code uses ε = 8 for images).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainwell._ops import apply_reduction
+from trainwell._ops import apply_reduction, compute_dtype, to_compute_dtype
 from trainwell._validation import (
     check_bool,
     check_callable,
@@ -34,9 +33,9 @@ from trainwell._validation import (
 from trainwell.regularizers._common import (
     BackwardFn,
     EmbeddingPerturbation,
-    OutputHook,
     RngReplay,
     autocast_enabled,
+    autocast_off,
     check_ddp_model,
     check_embedding,
     freeze_bn_stats,
@@ -52,8 +51,8 @@ _NORMS = ("per_sample", "global")
 
 def _kl_rows(target_logits: Tensor, logits: Tensor) -> Tensor:
     """``KL(softmax(target) ‖ softmax(logits))`` per row of the last dim, in float32 (float64 kept)."""
-    lp = F.log_softmax(target_logits.float() if target_logits.dtype != torch.float64 else target_logits, dim=-1)
-    lq = F.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
+    lp = F.log_softmax(to_compute_dtype(target_logits), dim=-1)
+    lq = F.log_softmax(to_compute_dtype(logits), dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
@@ -67,15 +66,24 @@ def _warn_vanished(xi: float) -> None:
     )
 
 
+# one autocast-off helper for the library (trainwell._ops); the old private name stays importable
+_no_autocast = autocast_off
+
+
+def _warn_unused_calls(calls: int, unused: Sequence[int]) -> None:
+    warnings.warn(
+        f"VAT.step: closure() called the embedding {calls} times, but the logits it returns do not depend "
+        f"on call(s) {list(unused)}; those calls get no perturbation (VAT perturbs what the logits see). "
+        "Return the loss and the logits of the same forward, e.g. out = model(x); return loss_fn(out, y), "
+        "out — a second forward only for the loss doubles the work.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _vanished(base: Tensor, delta: Tensor) -> bool:
     base = base.detach()
     return not bool((base + delta.detach().to(base.dtype) != base).any())
-
-
-def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    if autocast_enabled(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def vat_perturbation(
@@ -106,6 +114,9 @@ def vat_perturbation(
         power_iterations: K ≥ 0 (default 1). norm: ``'per_sample'`` or ``'global'``.
         freeze_bn: keep BatchNorm running statistics unchanged (default True).
         generator: optional RNG for the initial direction.
+
+    Shape:
+        inputs: ``[B, ...]``; logits: ``[..., C]``; output: the shape of ``inputs``.
     """
     fn = "vat_perturbation"
     check_callable("model", model, fn=fn)
@@ -114,7 +125,6 @@ def vat_perturbation(
     eps = check_finite_number("epsilon", epsilon, fn=fn, min=0.0)
     xi_v = check_finite_number("xi", xi, fn=fn, min=0.0, min_inclusive=False)
     k = check_int("power_iterations", power_iterations, fn=fn, min=0)
-    assert k is not None
     per_sample = check_choice("norm", norm, _NORMS, fn=fn) == "per_sample"
     check_bool("freeze_bn", freeze_bn, fn=fn)
     module = model if isinstance(model, nn.Module) else None
@@ -124,9 +134,13 @@ def vat_perturbation(
             with torch.no_grad():
                 logits = model(x)
         target = logits.detach()
-        d = torch.randn(x.shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype,
-                        device=x.device, generator=generator)
-        with _no_autocast(x.device.type), torch.enable_grad():
+        d = torch.randn(
+            x.shape,
+            dtype=compute_dtype(x),
+            device=x.device,
+            generator=generator,
+        )
+        with autocast_off(x.device.type), torch.enable_grad():
             for _ in range(k):
                 d = (xi_v * unit(d, per_sample)).requires_grad_(True)
                 if _vanished(x, d):
@@ -170,6 +184,10 @@ def vat_loss(
     Returns:
         LDS in float32, ≥ 0, differentiable w.r.t. the model parameters.
 
+    Shape:
+        inputs: ``[B, ...]``; logits: ``[..., C]``.
+        output: ``[...]`` (the logits' leading dims) for ``"none"``, a scalar otherwise.
+
     Source: kexue.fm/archives/7466; arXiv 1704.03976.
     """
     fn = "vat_loss"
@@ -178,8 +196,15 @@ def vat_loss(
     if grad_through_target and logits is None:
         fail(fn, "logits", "the clean logits (with grad) when grad_through_target=True", logits)
     r_adv = vat_perturbation(
-        model, inputs, logits, epsilon=epsilon, xi=xi, power_iterations=power_iterations, norm=norm,
-        freeze_bn=freeze_bn, generator=generator,
+        model,
+        inputs,
+        logits,
+        epsilon=epsilon,
+        xi=xi,
+        power_iterations=power_iterations,
+        norm=norm,
+        freeze_bn=freeze_bn,
+        generator=generator,
     )
     module = model if isinstance(model, nn.Module) else None
     if logits is None:
@@ -201,13 +226,22 @@ def _split_output(out: Any, fn: str) -> tuple[Tensor | None, Tensor]:
     elif hasattr(out, "logits"):
         loss, logits = getattr(out, "loss", None), out.logits
     else:
-        fail(fn, "closure", "a callable returning logits, (loss, logits) or an output with .logits", out,
-             exc=TypeError)
+        fail(
+            fn,
+            "closure",
+            "a callable returning logits, (loss, logits) or an output with .logits",
+            out,
+            exc=TypeError,
+        )
     if not isinstance(logits, Tensor) or not logits.is_floating_point():
         fail(fn, "closure", "a callable whose logits are a floating tensor [..., C]", logits, exc=TypeError)
     if logits.dim() == 0:
-        fail(fn, "closure", "a callable returning logits [..., C] (a scalar is not logits; return (loss, logits))",
-             logits)
+        fail(
+            fn,
+            "closure",
+            "a callable returning logits [..., C] (a scalar is not logits; return (loss, logits))",
+            logits,
+        )
     if loss is not None:
         if not isinstance(loss, Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             fail(fn, "closure", "a callable whose supervised loss is a scalar tensor", loss)
@@ -276,7 +310,6 @@ class VAT(EmbeddingPerturbation):
         self.epsilon: float = check_finite_number("epsilon", epsilon, fn=fn, min=0.0)
         self.xi: float = check_finite_number("xi", xi, fn=fn, min=0.0, min_inclusive=False)
         k = check_int("power_iterations", power_iterations, fn=fn, min=0)
-        assert k is not None
         self.power_iterations: int = k
         self.alpha: float = check_finite_number("alpha", alpha, fn=fn, min=0.0)
         if norm is None:
@@ -284,8 +317,12 @@ class VAT(EmbeddingPerturbation):
         self.norm: str = check_choice("norm", norm, _NORMS, fn=fn)
         self.grad_through_target: bool = check_bool("grad_through_target", grad_through_target, fn=fn)
         if self.grad_through_target and self.mode == "matrix":
-            fail(fn, "grad_through_target", "False in mode='matrix' (the in-place weight perturbation "
-                 "would invalidate the clean graph)", grad_through_target)
+            fail(
+                fn,
+                "grad_through_target",
+                "False in mode='matrix' (the in-place weight perturbation would invalidate the clean graph)",
+                grad_through_target,
+            )
         self.ddp_model = check_ddp_model(ddp_model, fn=fn)
         self.replay_rng: bool = check_bool("replay_rng", replay_rng, fn=fn)
         self.last_perturbation: list[Tensor] | None = None
@@ -293,15 +330,11 @@ class VAT(EmbeddingPerturbation):
         self.last_supervised_loss: Tensor | None = None
 
     # ------------------------------------------------------------------------------------------ passes
-    def _forward(self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None) -> tuple[
-        Tensor | None, Tensor, list[Tensor]
-    ]:
-        if self.mode == "output":
-            with OutputHook(self.embedding, fn=fn, deltas=deltas) as hook:
-                loss, logits = _split_output(closure(), fn)
-            return loss, logits, hook.outputs
-        loss, logits = _split_output(closure(), fn)
-        return loss, logits, [self._weight]
+    def _forward(
+        self, closure: Callable[[], Any], fn: str, deltas: Sequence[Tensor] | None
+    ) -> tuple[Tensor | None, Tensor, list[Tensor]]:
+        (loss, logits), targets = self._run(lambda: _split_output(closure(), fn), fn, deltas)
+        return loss, logits, targets
 
     def step(
         self,
@@ -329,18 +362,26 @@ class VAT(EmbeddingPerturbation):
         half = autocast_enabled(device_type)
         ref = logits.detach()
         per_sample = self.norm == "per_sample"
-        with sync_context(self.ddp_model, sync=False), freeze_bn_stats(), _no_autocast(device_type):
+        with sync_context(self.ddp_model, sync=False), freeze_bn_stats(), autocast_off(device_type):
             if half and self.power_iterations > 0:
                 # the clean logits are half precision: compare like with like inside the iteration
                 rng.replay()
                 with torch.no_grad():
                     _, ref, _ = self._forward(closure, fn, None)
-            ds = [torch.randn(t.shape, dtype=torch.float32 if t.dtype != torch.float64 else t.dtype,
-                              device=t.device) for t in targets]
+            ds = [
+                torch.randn(
+                    t.shape, dtype=compute_dtype(t), device=t.device
+                )
+                for t in targets
+            ]
             rng.mark_resume()
+            unused: list[int] | None = None
             for _ in range(self.power_iterations):
                 ds = [self.xi * unit(d, per_sample) for d in ds]
-                if any(_vanished(t, d) for t, d in zip(targets, ds)):
+                # calls whose output never reaches the logits keep d = 0 (already reported)
+                if any(
+                    _vanished(t, d) for i, (t, d) in enumerate(zip(targets, ds)) if i not in (unused or ())
+                ):
                     _warn_vanished(self.xi)
                 if self.mode == "output":
                     ds = [d.requires_grad_(True) for d in ds]
@@ -349,7 +390,14 @@ class VAT(EmbeddingPerturbation):
                     _, lg, tg = self._forward(closure, fn, ds)
                     div = _kl_rows(ref, lg).mean()
                     gs = torch.autograd.grad(div, ds if self.mode == "output" else tg, allow_unused=True)
-                ds = [torch.zeros_like(d) if g is None else g.detach().to(d.dtype) / self.xi for g, d in zip(gs, ds)]
+                if self.mode == "output" and unused is None:
+                    unused = [i for i, g in enumerate(gs) if g is None]
+                    if unused:
+                        _warn_unused_calls(len(gs), unused)
+                ds = [
+                    torch.zeros_like(d) if g is None else g.detach().to(d.dtype) / self.xi
+                    for g, d in zip(gs, ds)
+                ]
         r_adv = [self.epsilon * unit(d.detach(), per_sample) for d in ds]
         if self.replay_rng:
             rng.replay()
