@@ -400,6 +400,10 @@ def single_thread() -> Iterator[None]:
 
 
 def run_seed(ctx: RunContext) -> SeedResult:
+    if ctx.full:  # MiniLM fine-tuned on Pang & Lee (see _finetune)
+        from trainwell.lab.experiments._finetune import regularize_full_seed
+
+        return regularize_full_seed(ctx)
     with single_thread():
         return _run_seed(ctx)
 

@@ -175,6 +175,10 @@ def _train(method: str, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, data: Any, 
 
 
 def run_seed(ctx: RunContext) -> SeedResult:
+    if ctx.full:  # MiniLM on Pang & Lee, 300 labels + unlabeled sentences (see _finetune)
+        from trainwell.lab.experiments._finetune import vat_full_seed
+
+        return vat_full_seed(ctx)
     with single_thread():
         return _run_seed(ctx)
 
