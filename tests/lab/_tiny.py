@@ -7,8 +7,28 @@ import io
 import tarfile
 from pathlib import Path
 
-WORDS = ["good", "great", "fun", "bad", "dull", "awful", "movie", "film", "plot", "the", "a", "is", "was",
-         "not", "very", "story", "acting", "boring", "lovely", "mess"]
+WORDS = [
+    "good",
+    "great",
+    "fun",
+    "bad",
+    "dull",
+    "awful",
+    "movie",
+    "film",
+    "plot",
+    "the",
+    "a",
+    "is",
+    "was",
+    "not",
+    "very",
+    "story",
+    "acting",
+    "boring",
+    "lovely",
+    "mess",
+]
 
 
 def csv_bytes(rows: list[tuple[str, str]]) -> bytes:
@@ -58,7 +78,13 @@ def make_tiny_bert(folder: Path) -> Path:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(str(folder))
-    cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).save_pretrained(str(folder))
     return folder

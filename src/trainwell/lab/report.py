@@ -27,7 +27,7 @@ def collect(out: Path) -> list[dict[str, Any]]:
 
 
 def fmt_stats(s: dict[str, Any]) -> str:
-    """``mean ± std`` over seeds; a single seed shows its value alone (a std of one value is not 0, it is unknown)."""
+    """``mean ± std`` over seeds; one seed shows its value alone (its spread is unknown, not 0)."""
     if len(s.get("values", ())) <= 1:
         return f"{s['mean']:.4f}"
     return f"{s['mean']:.4f} ± {s['std']:.4f}"
@@ -108,7 +108,8 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
         out += [f"## {r.get('title', r['experiment'])} (`{r['experiment']}`)", "",
                 f"{r.get('mode', '?')} mode, {seeds_phrase(r.get('seeds', '?'))}, {_runtime(r)}. "
                 f"Metric: {r['metric']}.", ""]
-        out += ["| method | mean ± std |" if r.get("seeds") != 1 else "| method | value (1 seed) |", "|---|---|"]
+        head = "| method | mean ± std |" if r.get("seeds") != 1 else "| method | value (1 seed) |"
+        out += [head, "|---|---|"]
         out += [f"| {m} | {_fmt(s)} |" for m, s in r["results"].items()]
         if _judged(r):
             word = "holds" if r["claim_holds"] else "does not hold"
@@ -130,7 +131,8 @@ def write_index(out: Path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>trainwell lab</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        ".yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}.nj{color:#777}img{max-width:100%;margin:4px 0}"
+        ".yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}.nj{color:#777}"
+        "img{max-width:100%;margin:4px 0}"
         "section{border-top:1px solid #ddd;margin-top:1.5em}</style></head><body>",
         "<h1>trainwell lab</h1>",
         "<p>Each experiment checks a claim from its source post or paper on real data. "
@@ -141,7 +143,8 @@ def write_index(out: Path) -> Path:
         cls = ("yes" if r["claim_holds"] else "no") if _judged(r) else "nj"
         parts.append(
             f"<tr><td><a href='#{e(r['experiment'])}'>{e(r['experiment'])}</a></td><td>{e(r['metric'])}</td>"
-            f"<td>{e(str(r.get('mode', '?')))}</td><td>{e(str(r.get('seeds', '?')))}</td><td class='{cls}'>{e(verdict_word(r))}</td></tr>"
+            f"<td>{e(str(r.get('mode', '?')))}</td><td>{e(str(r.get('seeds', '?')))}</td>"
+            f"<td class='{cls}'>{e(verdict_word(r))}</td></tr>"
         )
     parts.append("</table>")
     for r in results:
@@ -149,7 +152,8 @@ def write_index(out: Path) -> Path:
         folder = e(r.get("_dir", name))
         parts.append(f"<section id='{e(name)}'><h2>{e(r.get('title', name))} <small>({e(name)})</small></h2>")
         if _judged(r):
-            parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='{'yes' if r['claim_holds'] else 'no'}'>"
+            cls = "yes" if r["claim_holds"] else "no"
+            parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='{cls}'>"
                          f"{'holds' if r['claim_holds'] else 'does not hold'}</span> on this run.</p>")
         else:
             parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='nj'>not judged</span> "

@@ -192,7 +192,8 @@ def aggregate(exp: Experiment, cells: Sequence[SeedResult], mode: str, runtime_s
 
 
 def _table_md(res: dict[str, Any]) -> str:
-    lines = [f"# {res['title']} (`{res['experiment']}`, {res['mode']} mode, {seeds_phrase(res['seeds'])})", ""]
+    lines = [f"# {res['title']} (`{res['experiment']}`, {res['mode']} mode, {seeds_phrase(res['seeds'])})",
+             ""]
     arrow = "higher is better" if res.get("higher_is_better", True) else "lower is better"
     spread = "mean ± std over seeds" if res["seeds"] > 1 else "one seed: no spread"
     lines += [f"Metric: **{res['metric']}** ({arrow}; {spread}).", ""]
@@ -513,8 +514,9 @@ def run_suite(
     for exp in experiments:
         say(f"== {exp.name}: {exp.title} ({mode} mode)")
         try:
-            results.append(run_experiment(exp, out=out, mode=mode, seeds=seeds, force=force, progress=progress,
-                                          log=log, plots=plots, threads=threads))
+            res = run_experiment(exp, out=out, mode=mode, seeds=seeds, force=force, progress=progress, log=log,
+                                 plots=plots, threads=threads)
+            results.append(res)
         except CorpusUnavailable as err:  # data or model package not installed: skip, say how to get it
             say(f"== {exp.name}: SKIPPED ({mode} mode) — {err}")
     # The index lists every experiment with results in the folder, not only this run's.

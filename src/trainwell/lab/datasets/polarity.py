@@ -59,7 +59,7 @@ _HINT = (
 
 
 def data_cache_dir() -> Path:
-    """Where the lab looks for downloaded data: ``$TRAINWELL_DATA_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/trainwell``."""
+    """The lab's download cache: ``$TRAINWELL_DATA_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/trainwell``."""
     env = os.environ.get("TRAINWELL_DATA_DIR")
     if env:
         return Path(env).expanduser()
@@ -95,8 +95,10 @@ def _parse(raw: bytes, name: str) -> list[tuple[str, int]]:
         if not row:
             continue
         if len(row) != 2 or row[0].strip() not in ("1", "-1"):
-            raise CorpusUnavailable(f"load_polarity(): unexpected row in {name}: expected 'label,text' with "
-                                    f"label 1 or -1, got {len(row)} field(s)")
+            raise CorpusUnavailable(
+                f"load_polarity(): unexpected row in {name}: expected 'label,text' with "
+                f"label 1 or -1, got {len(row)} field(s)"
+            )
         text = " ".join(row[1].split())
         if text:
             rows.append((text, 1 if row[0].strip() == "1" else 0))
@@ -113,8 +115,10 @@ def read_polarity(archive: str | Path) -> tuple[list[tuple[str, int]], dict[str,
     try:
         tar = tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError) as err:
-        raise CorpusUnavailable(f"load_polarity(): cannot read {path} as a tar archive ({err}); delete it and "
-                                "run `bash scripts/install-data.sh` again") from err
+        raise CorpusUnavailable(
+            f"load_polarity(): cannot read {path} as a tar archive ({err}); delete it and "
+            "run `bash scripts/install-data.sh` again"
+        ) from err
     candidates: dict[str, list[tuple[str, int]]] = {}
     with tar:
         for member in tar.getmembers():
@@ -136,8 +140,9 @@ def _load(archive: Path, dev_fraction: float, test_fraction: float, split_seed: 
     pos = {t for t, y in rows if y == 1}
     neg = {t for t, y in rows if y == 0}
     both = pos & neg
-    return stratified_split({1: pos - both, 0: neg - both}, dev_fraction, test_fraction, split_seed,
-                            fn="load_polarity")
+    return stratified_split(
+        {1: pos - both, 0: neg - both}, dev_fraction, test_fraction, split_seed, fn="load_polarity"
+    )
 
 
 def load_polarity(

@@ -101,12 +101,23 @@ class FinetuneConfig:
     eval_batch: int = 128
 
 
-#: ``regularize --full``: 1,200 of the 2,800 training sentences, 2 epochs (75 steps of 32).
-REGULARIZE_FULL = FinetuneConfig(n_train=1200, n_dev=None, n_test=None, max_len=48, epochs=2, batch_size=32,
-                                 lr=5e-5, evals=4)
+#: ``regularize --full``: 800 of the 2,800 training sentences, 2 epochs (50 steps of 32), dev per epoch.
+REGULARIZE_FULL = FinetuneConfig(
+    n_train=800, n_dev=None, n_test=None, max_len=48, epochs=2, batch_size=32, lr=5e-5, evals=2
+)
 #: ``vat --full``: 300 labeled sentences (8 epochs of 16 = 150 steps), 2,500 unlabeled, batches of 32.
-VAT_FULL = FinetuneConfig(n_train=300, n_dev=None, n_test=None, max_len=48, epochs=8, batch_size=16, lr=5e-5,
-                          evals=6, n_unlabeled=None, unlabeled_batch=32)
+VAT_FULL = FinetuneConfig(
+    n_train=300,
+    n_dev=None,
+    n_test=None,
+    max_len=48,
+    epochs=8,
+    batch_size=16,
+    lr=5e-5,
+    evals=6,
+    n_unlabeled=None,
+    unlabeled_batch=32,
+)
 
 
 @dataclass(frozen=True)
@@ -128,28 +139,37 @@ class Encoded:
 
 
 def _encode(tokenizer: Any, texts: tuple[str, ...], labels: tuple[int, ...], max_len: int) -> Encoded:
-    enc = tokenizer(list(texts), max_length=max_len, truncation=True, padding="max_length", return_tensors="pt")
+    enc = tokenizer(
+        list(texts), max_length=max_len, truncation=True, padding="max_length", return_tensors="pt"
+    )
     return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor(labels, dtype=torch.long))
 
 
-def encode_splits(tokenizer: Any, data: TextSplits, cfg: FinetuneConfig, *, unlabeled: bool = False
-                  ) -> dict[str, Encoded]:
+def encode_splits(
+    tokenizer: Any, data: TextSplits, cfg: FinetuneConfig, *, unlabeled: bool = False
+) -> dict[str, Encoded]:
     """Tokenize the split prefixes the config asks for: ``train``, ``dev``, ``test`` (and ``unlabeled``)."""
+
     def cut(n: int | None, xs: tuple[Any, ...]) -> tuple[Any, ...]:
         return xs if n is None else xs[:n]
 
     out = {
-        "train": _encode(tokenizer, cut(cfg.n_train, data.train_texts), cut(cfg.n_train, data.train_labels),
-                         cfg.max_len),
-        "dev": _encode(tokenizer, cut(cfg.n_dev, data.dev_texts), cut(cfg.n_dev, data.dev_labels), cfg.max_len),
-        "test": _encode(tokenizer, cut(cfg.n_test, data.test_texts), cut(cfg.n_test, data.test_labels),
-                        cfg.max_len),
+        "train": _encode(
+            tokenizer, cut(cfg.n_train, data.train_texts), cut(cfg.n_train, data.train_labels), cfg.max_len
+        ),
+        "dev": _encode(
+            tokenizer, cut(cfg.n_dev, data.dev_texts), cut(cfg.n_dev, data.dev_labels), cfg.max_len
+        ),
+        "test": _encode(
+            tokenizer, cut(cfg.n_test, data.test_texts), cut(cfg.n_test, data.test_labels), cfg.max_len
+        ),
     }
     if unlabeled:
         start = len(out["train"])
         rest_t, rest_y = data.train_texts[start:], data.train_labels[start:]
-        out["unlabeled"] = _encode(tokenizer, cut(cfg.n_unlabeled, rest_t), cut(cfg.n_unlabeled, rest_y),
-                                   cfg.max_len)
+        out["unlabeled"] = _encode(
+            tokenizer, cut(cfg.n_unlabeled, rest_t), cut(cfg.n_unlabeled, rest_y), cfg.max_len
+        )
     return out
 
 
@@ -206,16 +226,18 @@ def _regularize_step(method: str, model: nn.Module, log: dict[str, Any]) -> Step
     )
 
     hp = FT_HPARAMS
-    emb = model.get_input_embeddings()
+    emb: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
 
     def ce(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, y)
 
     if method == "baseline":
+
         def plain(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
             loss = ce(ids, mask, y)
             loss.backward()
             return loss.detach()
+
         return plain
     if method in ("FGM", "PGD", "fast GP"):
         reg: Any
@@ -229,21 +251,26 @@ def _regularize_step(method: str, model: nn.Module, log: dict[str, Any]) -> Step
         def two_pass(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
             out: Tensor = reg.step(lambda: ce(ids, mask, y))
             return out.detach()
+
         return two_pass
     if method == "GP":
+
         def exact_gp(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
             with capture_embedding_output(emb) as outs:
                 loss = ce(ids, mask, y)
             (loss + gradient_penalty(loss, outs[0], epsilon=hp["gp_epsilon"])).backward()
             return loss.detach()
+
         return exact_gp
     if method == "R-Drop":
+
         def rdrop(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
             # one forward on the doubled batch: dropout draws independent masks for the two copies
             logits = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask])).logits
             l1, l2 = logits.chunk(2)
             rdrop_loss(l1, l2, y, alpha=hp["rdrop_alpha"]).backward()
             return F.cross_entropy(l1.detach(), y)
+
         return rdrop
     if method == "flooding":
         log["steps"] = 0
@@ -255,6 +282,7 @@ def _regularize_step(method: str, model: nn.Module, log: dict[str, Any]) -> Step
             log["steps"] += 1
             log["flood_active_steps"] += int(float(loss.detach()) < hp["flood_level"])
             return loss.detach()
+
         return flood
     raise ValueError(f"regularize --full: unknown method {method!r}")
 
@@ -267,8 +295,17 @@ def _eval_points(total: int, evals: int) -> set[int]:
     return {max(1, round(total * (k + 1) / evals)) for k in range(evals)}
 
 
-def _finetune(method: str, model: nn.Module, init: dict[str, Tensor], enc: dict[str, Encoded],
-              cfg: FinetuneConfig, seed: int, ctx: RunContext, *, vat: bool = False) -> dict[str, Any]:
+def _finetune(
+    method: str,
+    model: nn.Module,
+    init: dict[str, Tensor],
+    enc: dict[str, Encoded],
+    cfg: FinetuneConfig,
+    seed: int,
+    ctx: RunContext,
+    *,
+    vat: bool = False,
+) -> dict[str, Any]:
     """Train ``method`` from ``init``; return test accuracy at the best dev point, dev curve, time."""
     model.load_state_dict(init)
     model.train()
@@ -287,10 +324,15 @@ def _finetune(method: str, model: nn.Module, init: dict[str, Tensor], enc: dict[
         from trainwell.regularizers import FGM, VAT
 
         hp = FT_HPARAMS
-        emb = model.get_input_embeddings()
+        emb: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
         if method == "VAT":
-            vat_obj = VAT(emb, epsilon=hp["vat_epsilon"], xi=hp["vat_xi"],
-                          power_iterations=hp["vat_power_iterations"], alpha=hp["vat_alpha"])
+            vat_obj = VAT(
+                emb,
+                epsilon=hp["vat_epsilon"],
+                xi=hp["vat_xi"],
+                power_iterations=hp["vat_power_iterations"],
+                alpha=hp["vat_alpha"],
+            )
         elif method == "FGM (labels only)":
             fgm = FGM(emb, epsilon=hp["fgm_epsilon"])
     order = torch.Generator().manual_seed(seed)  # the same batches for every method of this seed
@@ -334,15 +376,31 @@ def _finetune(method: str, model: nn.Module, init: dict[str, Tensor], enc: dict[
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     test = _accuracy(model, enc["test"], cfg.eval_batch)
-    out = {"test": test, "dev": best_dev, "best_step": best_step, "steps": step, "seconds": seconds, "cpu_s": cpu,
-           "dev_curve": dev_curve, "loss_curve": loss_curve}
+    out = {
+        "test": test,
+        "dev": best_dev,
+        "best_step": best_step,
+        "steps": step,
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "dev_curve": dev_curve,
+        "loss_curve": loss_curve,
+    }
     if "steps" in log:
         out["flood_active_fraction"] = log["flood_active_steps"] / max(1, log["steps"])
     return out
 
 
-def _run(ctx: RunContext, methods: list[str], cfg: FinetuneConfig, reference: str, *, vat: bool,
-         factory: ModelFactory | None, data: TextSplits | None) -> SeedResult:
+def _run(
+    ctx: RunContext,
+    methods: list[str],
+    cfg: FinetuneConfig,
+    reference: str,
+    *,
+    vat: bool,
+    factory: ModelFactory | None,
+    data: TextSplits | None,
+) -> SeedResult:
     splits = data if data is not None else _default_data()  # first: a missing archive skips quickly
     torch.manual_seed(ctx.seed)  # the new head's initialisation
     tokenizer, model = (factory or _default_factory)()
@@ -358,7 +416,11 @@ def _run(ctx: RunContext, methods: list[str], cfg: FinetuneConfig, reference: st
         values[method], dev[method], secs[method] = r["test"], r["dev"], round(r["seconds"], 2)
         curves[f"{method}/dev accuracy"] = r["dev_curve"]
         curves[f"{method}/train loss"] = r["loss_curve"]
-        extra[method] = {"best_step": r["best_step"], "steps": r["steps"], "train_cpu_s": round(r["cpu_s"], 2)}
+        extra[method] = {
+            "best_step": r["best_step"],
+            "steps": r["steps"],
+            "train_cpu_s": round(r["cpu_s"], 2),
+        }
         if "flood_active_fraction" in r:
             extra[method]["flood_active_fraction"] = round(r["flood_active_fraction"], 4)
         ctx.log(f"  [{ctx.seed}] {method}: test {r['test']:.4f}, dev {r['dev']:.4f}, {r['seconds']:.0f}s")
@@ -369,24 +431,37 @@ def _run(ctx: RunContext, methods: list[str], cfg: FinetuneConfig, reference: st
         "config": asdict(cfg),
         "hparams": FT_HPARAMS,
         "per_method": extra,
-        f"delta_vs_{reference.replace(' ', '_')}": {m: round(values[m] - values[reference], 5) for m in methods},
+        f"delta_vs_{reference.replace(' ', '_')}": {
+            m: round(values[m] - values[reference], 5) for m in methods
+        },
         "selection": "test accuracy at the dev evaluation with the best dev accuracy",
     }
     return SeedResult(values=values, secondary={"dev_acc": dev, "train_s": secs}, curves=curves, info=info)
 
 
-def regularize_full_seed(ctx: RunContext, *, cfg: FinetuneConfig = REGULARIZE_FULL,
-                         methods: list[str] | None = None, factory: ModelFactory | None = None,
-                         data: TextSplits | None = None) -> SeedResult:
+def regularize_full_seed(
+    ctx: RunContext,
+    *,
+    cfg: FinetuneConfig = REGULARIZE_FULL,
+    methods: list[str] | None = None,
+    factory: ModelFactory | None = None,
+    data: TextSplits | None = None,
+) -> SeedResult:
     """One seed of ``regularize --full`` (``factory``/``data`` replace MiniLM / Pang & Lee in tests)."""
-    return _run(ctx, list(methods or REGULARIZE_FULL_METHODS), cfg, "baseline", vat=False, factory=factory,
-                data=data)
+    return _run(
+        ctx, list(methods or REGULARIZE_FULL_METHODS), cfg, "baseline", vat=False, factory=factory, data=data
+    )
 
 
-def vat_full_seed(ctx: RunContext, *, cfg: FinetuneConfig = VAT_FULL, methods: list[str] | None = None,
-                  factory: ModelFactory | None = None, data: TextSplits | None = None) -> SeedResult:
+def vat_full_seed(
+    ctx: RunContext,
+    *,
+    cfg: FinetuneConfig = VAT_FULL,
+    methods: list[str] | None = None,
+    factory: ModelFactory | None = None,
+    data: TextSplits | None = None,
+) -> SeedResult:
     """One seed of ``vat --full``: few labels + the rest of the training split as unlabeled text."""
-    return _run(ctx, list(methods or VAT_FULL_METHODS), cfg, "labeled only", vat=True, factory=factory,
-                data=data)
-
-
+    return _run(
+        ctx, list(methods or VAT_FULL_METHODS), cfg, "labeled only", vat=True, factory=factory, data=data
+    )
