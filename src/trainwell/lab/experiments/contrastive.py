@@ -8,12 +8,12 @@ beats ``SimCSE batch 16`` on the held-out kNN topic accuracy by more than the po
 each method is recorded (``secondary.peak_step_MiB``): the gradient cache should match the batch-16 step.
 
 Data: BBC news (:func:`~trainwell.lab.datasets.bbc.load_bbc`: 2,127 unique articles in 5 topics, fixed
-70/10/20 split, 1,489 / 212 / 426). SimCSE trains on sentences cut from the *training* articles
-(26,364 of them; no labels); a seed-dependent random subset of them is drawn once per seed and shared
-by every method. Evaluation embeds each article (headline and first sentences, cut to ``doc_len``
-tokens, mean pooling over real tokens) and scores the held-out *test* articles: kNN (k = 10, cosine, majority vote, ties to the most
-similar) against the embedded training articles — the primary metric — and a linear probe (multinomial
-logistic regression, L-BFGS, on the training articles) as a secondary metric.
+70/10/20 split, 1,489 / 212 / 426). SimCSE trains on sentences cut from the *training* articles (26,364 of
+them; no labels); a seed-dependent random subset of them is drawn once per seed and shared by every
+method. Evaluation embeds each article (headline and first sentences, cut to ``doc_len`` tokens, mean
+pooling over real tokens) and scores the held-out *test* articles: kNN (k = 10, cosine, majority vote,
+ties to the most similar) against the embedded training articles — the primary metric — and a linear probe
+(multinomial logistic regression, L-BFGS, on the training articles) as a secondary metric.
 
 Methods (within a seed: same initial encoder, same sentences, same epochs, same dropout stream start):
 
