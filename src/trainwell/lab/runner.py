@@ -264,8 +264,9 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
         for s in series:
             panel = s.split("/", 1)[1] if "/" in s else "curve"
             groups.setdefault(panel, []).append(s)
-        xlabel = next((str(c.info["curve_xlabel"]) for c in cells if c.info.get("curve_xlabel")),
-                      "recorded point (epoch or step, as the experiment logs it)")
+        # An experiment names its x axis with info["curve_xlabel"]: one label, or a dict panel -> label.
+        given = next((c.info["curve_xlabel"] for c in cells if c.info.get("curve_xlabel")), None)
+        fallback = "recorded point (epoch or step, as the experiment logs it)"
         fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 3.6), squeeze=False)
         for ax, (panel, keys) in zip(axes[0], groups.items()):
             for k in keys:
@@ -280,7 +281,8 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
                     sd = arr.std(0)
                     ax.fill_between(np.arange(n), mu - sd, mu + sd, alpha=0.2)
             ax.set_title(panel, fontsize=10)
-            ax.set_xlabel(xlabel, fontsize=8)
+            label = given.get(panel, fallback) if isinstance(given, dict) else (given or fallback)
+            ax.set_xlabel(str(label), fontsize=8)
             ax.set_ylabel(panel, fontsize=8)
             ax.legend(fontsize=7)
         fig.tight_layout()

@@ -435,6 +435,10 @@ def _run(
             m: round(values[m] - values[reference], 5) for m in methods
         },
         "selection": "test accuracy at the dev evaluation with the best dev accuracy",
+        "curve_xlabel": {
+            "dev accuracy": "dev evaluation (evenly spaced over training)",
+            "train loss": "optimizer step",
+        },
     }
     return SeedResult(values=values, secondary={"dev_acc": dev, "train_s": secs}, curves=curves, info=info)
 

@@ -340,6 +340,7 @@ def run_seed(ctx: RunContext) -> SeedResult:
         "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         "delta_vs_batch_16": {m: round(values[m] - values[SMALL], 5) for m in METHODS},
+        "curve_xlabel": "optimizer step",
     }
     secondary = {"linear_probe_acc": probe, "peak_step_MiB": peak, "train_s": secs}
     return SeedResult(values=values, secondary=secondary, curves=curves, info=info)
