@@ -367,7 +367,7 @@ def _finetune(
             step += 1
             seconds += time.perf_counter() - t0
             cpu += time.process_time() - c0
-            loss_curve.append(float(loss))
+            loss_curve.append(float(loss.detach()))
             if step in evals:
                 dev = _accuracy(model, enc["dev"], cfg.eval_batch)
                 dev_curve.append(dev)
