@@ -251,7 +251,9 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
         spread = max((s for s in stds if math.isfinite(s)), default=0.0)
         pad = max(1e-3, 0.15 * (hi - lo)) + spread
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set_title(res["title"], fontsize=10)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(res["title"], 60)), fontsize=9)  # long titles wrap, not clip
     fig.tight_layout()
     p = out_dir / "metric.png"
     _save_fig(fig, p)
