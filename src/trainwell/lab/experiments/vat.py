@@ -37,8 +37,11 @@ Adam (single-threaded). Every step draws a labeled batch (cross-entropy). Method
 Modes: tiny 20 steps on 300 unlabeled reviews (seconds). Quick 240 steps, 48 characters, 3,000 unlabeled
 reviews, 32-d embeddings / 64 filters (≈ 60 s of CPU for 4 methods × 3 seeds; the labeled-only dev
 accuracy peaks at step 120–160, and probes with 360–480 steps, an unlabeled batch of 32 or a 16-d /
-32-filter model did not raise VAT's dev accuracy). Full 1,500 steps, 100 characters, all 12,033
-unlabeled reviews, 64-d / 128 filters, 5 seeds. With 122 labels a char-CNN from scratch reaches only ≈
+32-filter model did not raise VAT's dev accuracy). Full mode (``--full``) fine-tunes the packaged MiniLM
+on the English Pang & Lee sentences instead: 300 labels, the other 2,500 training sentences unlabeled,
+methods labeled only / VAT / FGM (labels only), 3 seeds (:mod:`trainwell.lab.experiments._finetune`).
+The earlier char-CNN full setting (notes below) used 1,500 steps, 100 characters, all 12,033 unlabeled
+reviews, 64-d / 128 filters. With 122 labels a char-CNN from scratch reaches only ≈
 64–66% test accuracy (the post's BERT starts from pretraining and reaches 89%), and the test accuracy at
 the best dev point moves by ±1–2 points between seeds: expect differences of that size to be within
 noise. Quick run, seeds 1234–1236 (test, paired Δ vs labeled only ± SE): labeled only 64.64 ± 2.24, VAT
