@@ -80,8 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reg = registry()
     if args.list:
+        print(f"{'name':16s} {'suite':7s}  title")
+        print("  name: pass it to `trainwell lab NAME`; suite: 'default' = part of a bare `trainwell lab` run")
         for name, exp in reg.items():
-            print(f"{name:16s} {'default' if exp.default else '       '}  {exp.title}")
+            print(f"{name:16s} {'default' if exp.default else '-':7s}  {exp.title}")
         return 0
     unknown = [n for n in args.experiments if n not in reg]
     if unknown:

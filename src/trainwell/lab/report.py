@@ -8,8 +8,8 @@ from typing import Any
 
 from trainwell.lab.io import atomic_write_text, read_json
 
-__all__ = ["claims_summary", "collect", "paired_ci_cell", "paired_ci_header", "results_markdown", "summary_table",
-           "write_index"]
+__all__ = ["claims_summary", "collect", "fmt_stats", "fmt_time", "paired_ci_cell", "paired_ci_header",
+           "results_markdown", "seeds_phrase", "summary_table", "verdict_word", "write_index"]
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
@@ -26,7 +26,10 @@ def collect(out: Path) -> list[dict[str, Any]]:
     return found
 
 
-def _fmt(s: dict[str, Any]) -> str:
+def fmt_stats(s: dict[str, Any]) -> str:
+    """``mean ± std`` over seeds; one seed shows its value alone (its spread is unknown, not 0)."""
+    if len(s.get("values", ())) <= 1:
+        return f"{s['mean']:.4f}"
     return f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
@@ -51,14 +54,53 @@ def paired_ci_cell(r: dict[str, Any], method: str) -> str:
     return f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
+_fmt = fmt_stats
+
+
+def seeds_phrase(n: Any) -> str:
+    """``"1 seed"``, ``"3 seeds"`` (``"? seeds"`` when unknown)."""
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def fmt_time(seconds: Any) -> str:
+    """``"42 s"``, ``"3.5 min"``, ``"1.2 h"``; ``"?"`` when unknown."""
+    if not isinstance(seconds, (int, float)) or seconds != seconds:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _judged(r: dict[str, Any]) -> bool:
+    return bool(r.get("judged", r.get("mode") != "tiny"))
+
+
+def verdict_word(r: dict[str, Any]) -> str:
+    """``"yes"``, ``"no"`` or ``"not judged"`` (tiny mode proves the pipeline only)."""
+    if not _judged(r):
+        return "not judged (tiny mode)"
+    return "yes" if r["claim_holds"] else "no"
+
+
+def _runtime(r: dict[str, Any]) -> str:
+    """What the numbers cost: the summed compute time of all cells (cached ones included)."""
+    compute = r.get("compute_s")
+    if isinstance(compute, (int, float)):
+        return f"{fmt_time(compute)} of compute"
+    return f"{fmt_time(r.get('runtime_s'))} wall (this run)"
+
+
 def summary_table(results: list[dict[str, Any]]) -> str:
     """Plain-text table for the terminal: one line per (experiment, method)."""
     rows = [("experiment", "method", "metric", "mean ± std", "seeds", "claim holds")]
     for r in results:
         first = True
+        verdict = ("yes" if r["claim_holds"] else "NO") if _judged(r) else "not judged"
         for m, s in r["results"].items():
             rows.append((r["experiment"] if first else "", m, r["metric"] if first else "", _fmt(s),
-                         str(len(s["values"])), ("yes" if r["claim_holds"] else "NO") if first else ""))
+                         str(len(s["values"])), verdict if first else ""))
             first = False
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -70,8 +112,12 @@ def claims_summary(results: list[dict[str, Any]]) -> str:
     """One paragraph per experiment: the claim checked and whether it held on this run."""
     out = []
     for r in results:
-        verdict = "HOLDS" if r["claim_holds"] else "does NOT hold"
-        out.append(f"{r['experiment']} [{r.get('mode', '?')}, {r.get('seeds', '?')} seeds]: claim {verdict} — {r['claim']}")
+        if not _judged(r):
+            verdict = "not judged (tiny mode proves the pipeline only)"
+        else:
+            verdict = "HOLDS" if r["claim_holds"] else "does NOT hold"
+        out.append(f"{r['experiment']} [{r.get('mode', '?')}, {seeds_phrase(r.get('seeds', '?'))}]: "
+                   f"claim {verdict} — {r['claim']}")
         if r.get("reported"):
             out.append(f"    reported: {r['reported']}")
     return "\n".join(out)
@@ -81,11 +127,16 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
     out = ["# trainwell lab results", ""]
     for r in results:
         out += [f"## {r.get('title', r['experiment'])} (`{r['experiment']}`)", "",
-                f"{r.get('mode', '?')} mode, {r.get('seeds', '?')} seeds, {r.get('runtime_s', 0):.0f}s. "
+                f"{r.get('mode', '?')} mode, {seeds_phrase(r.get('seeds', '?'))}, {_runtime(r)}. "
                 f"Metric: {r['metric']}.", ""]
-        out += [f"| method | mean ± std | {paired_ci_header(r)} |", "|---|---|---|"]
+        head = "| method | mean ± std |" if r.get("seeds") != 1 else "| method | value (1 seed) |"
+        out += [f"{head} {paired_ci_header(r)} |", "|---|---|---|"]
         out += [f"| {m} | {_fmt(s)} | {paired_ci_cell(r, m)} |" for m, s in r["results"].items()]
-        out += ["", f"Claim: {r['claim']} — **{'holds' if r['claim_holds'] else 'does not hold'}** on this run."]
+        if _judged(r):
+            word = "holds" if r["claim_holds"] else "does not hold"
+            out += ["", f"Claim: {r['claim']} — **{word}** on this run."]
+        else:
+            out += ["", f"Claim: {r['claim']} — **not judged** (tiny mode proves the pipeline only)."]
         if r.get("reported"):
             out += ["", f"Reported: {r['reported']}"]
         out.append("")
@@ -101,7 +152,8 @@ def write_index(out: Path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>trainwell lab</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        ".yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}img{max-width:100%;margin:4px 0}"
+        ".yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}.nj{color:#777}"
+        "img{max-width:100%;margin:4px 0}"
         "section{border-top:1px solid #ddd;margin-top:1.5em}</style></head><body>",
         "<h1>trainwell lab</h1>",
         "<p>Each experiment checks a claim from its source post or paper on real data. "
@@ -109,18 +161,26 @@ def write_index(out: Path) -> Path:
         "<table><tr><th>experiment</th><th>metric</th><th>mode</th><th>seeds</th><th>claim holds</th></tr>",
     ]
     for r in results:
-        cls = "yes" if r["claim_holds"] else "no"
+        cls = ("yes" if r["claim_holds"] else "no") if _judged(r) else "nj"
         parts.append(
             f"<tr><td><a href='#{e(r['experiment'])}'>{e(r['experiment'])}</a></td><td>{e(r['metric'])}</td>"
-            f"<td>{e(str(r.get('mode', '?')))}</td><td>{e(str(r.get('seeds', '?')))}</td><td class='{cls}'>{'yes' if r['claim_holds'] else 'no'}</td></tr>"
+            f"<td>{e(str(r.get('mode', '?')))}</td><td>{e(str(r.get('seeds', '?')))}</td>"
+            f"<td class='{cls}'>{e(verdict_word(r))}</td></tr>"
         )
     parts.append("</table>")
     for r in results:
         name = r["experiment"]
         folder = e(r.get("_dir", name))
         parts.append(f"<section id='{e(name)}'><h2>{e(r.get('title', name))} <small>({e(name)})</small></h2>")
-        parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='{'yes' if r['claim_holds'] else 'no'}'>"
-                     f"{'holds' if r['claim_holds'] else 'does not hold'}</span> on this run.</p>")
+        if _judged(r):
+            cls = "yes" if r["claim_holds"] else "no"
+            parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='{cls}'>"
+                         f"{'holds' if r['claim_holds'] else 'does not hold'}</span> on this run.</p>")
+        else:
+            parts.append(f"<p><b>Claim:</b> {e(r['claim'])} — <span class='nj'>not judged</span> "
+                         "(tiny mode proves the pipeline only).</p>")
+        parts.append(f"<p>{e(str(r.get('mode', '?')))} mode, {e(seeds_phrase(r.get('seeds', '?')))}, "
+                     f"{e(_runtime(r))}.</p>")
         if r.get("reported"):
             parts.append(f"<p><b>Reported:</b> {e(r['reported'])}</p>")
         secondary = r.get("secondary", {})

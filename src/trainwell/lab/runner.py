@@ -31,6 +31,8 @@ from typing import Any
 
 from trainwell.lab.base import MODES, Experiment, MethodStats, RunContext, SeedResult, seed_everything
 from trainwell.lab.io import atomic_write_json, atomic_write_text, read_json
+from trainwell.lab.report import fmt_stats as _fmt
+from trainwell.lab.report import fmt_time, seeds_phrase, verdict_word
 
 __all__ = ["DistInfo", "aggregate", "dist_info", "finish_distributed", "run_experiment", "run_suite",
            "setup_distributed"]
@@ -182,19 +184,19 @@ def aggregate(exp: Experiment, cells: Sequence[SeedResult], mode: str, runtime_s
         "full_runtime": exp.full_runtime,
         "info": [c.info for c in cells],
     }
+    # Tiny mode proves the pipeline only: the judge runs (schema), but reports say "not judged".
+    res["judged"] = mode != "tiny"
     if judge_error is not None:
         res["judge_error"] = judge_error
     return res
 
 
-def _fmt(s: dict[str, Any]) -> str:
-    return f"{s['mean']:.4f} ± {s['std']:.4f}"
-
-
 def _table_md(res: dict[str, Any]) -> str:
-    lines = [f"# {res['title']} (`{res['experiment']}`, {res['mode']} mode, {res['seeds']} seeds)", ""]
+    lines = [f"# {res['title']} (`{res['experiment']}`, {res['mode']} mode, {seeds_phrase(res['seeds'])})",
+             ""]
     arrow = "higher is better" if res.get("higher_is_better", True) else "lower is better"
-    lines += [f"Metric: **{res['metric']}** ({arrow}; mean ± std over seeds).", ""]
+    spread = "mean ± std over seeds" if res["seeds"] > 1 else "one seed: no spread"
+    lines += [f"Metric: **{res['metric']}** ({arrow}; {spread}).", ""]
     sec_names = list(res.get("secondary", {}))
     from trainwell.lab.report import paired_ci_cell, paired_ci_header
 
@@ -205,14 +207,16 @@ def _table_md(res: dict[str, Any]) -> str:
         vals = ", ".join(f"{v:.4f}" for v in s["values"])
         lines.append("| " + " | ".join([m, _fmt(s), paired_ci_cell(res, m), *sec, vals]) + " |")
     lines += ["", f"Claim: {res['claim']}", "",
-              f"**Claim holds on this run: {'yes' if res['claim_holds'] else 'no'}**"]
+              f"**Claim holds on this run: {verdict_word(res)}**"]
     if res.get("reported"):
         lines += ["", f"Reported by the source: {res['reported']}"]
     if res.get("source"):
         lines += ["", f"Source: {res['source']}"]
     computed = res.get("cells_computed")
     done = f" ({computed} of {res['seeds']} cells computed, the rest read from the cache)" if computed is not None else ""
-    lines += ["", f"Wall time of this run: {res.get('runtime_s', 0):.0f} s{done}."]
+    if res.get("compute_s") is not None:
+        lines += ["", f"Compute time of the {seeds_phrase(res['seeds'])}: {fmt_time(res['compute_s'])}."]
+    lines += ["", f"Wall time of this run: {fmt_time(res.get('runtime_s', 0))}{done}."]
     if res.get("full_runtime"):
         lines += ["", f"Full mode (`--full`) runtime: {res['full_runtime']}."]
     return "\n".join(lines) + "\n"
@@ -231,12 +235,17 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
         return paths
     means = [res["results"][m]["mean"] for m in names]
     stds = [res["results"][m]["std"] for m in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.6))
-    ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c78a8")
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.8))
+    # Mean ± std as a point range on an axis zoomed to the data (bars would imply a zero baseline that a
+    # zoomed axis cuts off); the first method's mean is the reference line.
+    ax.axhline(means[0], color="grey", lw=0.8, ls="--", zorder=1)
+    ax.errorbar(range(len(names)), means, yerr=stds, fmt="o", color="#4c78a8", capsize=4, zorder=2)
     for i, m in enumerate(names):
         vals = res["results"][m]["values"]
-        ax.scatter([i] * len(vals), vals, color="black", s=8, zorder=3)
+        ax.scatter([i + 0.12] * len(vals), vals, color="black", s=8, zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_xlabel("method (dot: one seed; marker: mean ± std; dashed: first method's mean)", fontsize=8)
     ax.set_ylabel(res["metric"])
     finite = [v for m in names for v in res["results"][m]["values"] if math.isfinite(v)]
     if finite:
@@ -244,7 +253,9 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
         spread = max((s for s in stds if math.isfinite(s)), default=0.0)
         pad = max(1e-3, 0.15 * (hi - lo)) + spread
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set_title(res["title"], fontsize=10)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(res["title"], 60)), fontsize=9)  # long titles wrap, not clip
     fig.tight_layout()
     p = out_dir / "metric.png"
     _save_fig(fig, p)
@@ -257,6 +268,9 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
         for s in series:
             panel = s.split("/", 1)[1] if "/" in s else "curve"
             groups.setdefault(panel, []).append(s)
+        # An experiment names its x axis with info["curve_xlabel"]: one label, or a dict panel -> label.
+        given = next((c.info["curve_xlabel"] for c in cells if c.info.get("curve_xlabel")), None)
+        fallback = "recorded point (epoch or step, as the experiment logs it)"
         fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 3.6), squeeze=False)
         for ax, (panel, keys) in zip(axes[0], groups.items()):
             for k in keys:
@@ -271,6 +285,9 @@ def _default_plots(res: dict[str, Any], cells: Sequence[SeedResult], out_dir: Pa
                     sd = arr.std(0)
                     ax.fill_between(np.arange(n), mu - sd, mu + sd, alpha=0.2)
             ax.set_title(panel, fontsize=10)
+            label = given.get(panel, fallback) if isinstance(given, dict) else (given or fallback)
+            ax.set_xlabel(str(label), fontsize=8)
+            ax.set_ylabel(panel, fontsize=8)
             ax.legend(fontsize=7)
         fig.tight_layout()
         p = out_dir / "curves.png"
@@ -316,6 +333,12 @@ def _cell_path(exp_dir: Path, mode: str, seed: int) -> Path:
 
 def _load_cell(path: Path, exp: Experiment, mode: str, seed: int) -> SeedResult | None:
     """A cached cell, or None if missing, corrupt or written by another version of the experiment."""
+    found = _load_cell_timed(path, exp, mode, seed)
+    return None if found is None else found[0]
+
+
+def _load_cell_timed(path: Path, exp: Experiment, mode: str, seed: int) -> tuple[SeedResult, float] | None:
+    """A cached cell and the seconds it took when it was computed (NaN if not recorded)."""
     if not path.exists():
         return None
     try:
@@ -325,9 +348,10 @@ def _load_cell(path: Path, exp: Experiment, mode: str, seed: int) -> SeedResult 
                                  or meta.get("seed") != seed or meta.get("experiment") != exp.name):
             return None
         cell = SeedResult.from_json(d)
+        secs = float(meta.get("seconds", math.nan)) if isinstance(meta, dict) else math.nan
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return cell
+    return cell, secs
 
 
 def _write_cell(path: Path, cell: SeedResult, exp: Experiment, mode: str, seed: int, seconds: float) -> None:
@@ -401,14 +425,15 @@ def run_experiment(
     t0 = time.perf_counter()
 
     # Rank 0 reads the cache and tells everyone which seeds still need work.
-    cached: dict[int, dict[str, Any]] = {}
+    cached: dict[int, tuple[dict[str, Any], float]] = {}
     if info.is_main and not force:
         for seed in seed_list:
-            c = _load_cell(_cell_path(exp_dir, mode, seed), exp, mode, seed)
-            if c is not None:
-                cached[seed] = c.to_json()
+            found = _load_cell_timed(_cell_path(exp_dir, mode, seed), exp, mode, seed)
+            if found is not None:
+                cached[seed] = (found[0].to_json(), found[1])
     cached = _broadcast(cached, info)
-    cells: dict[int, SeedResult] = {s: SeedResult.from_json(d) for s, d in cached.items()}
+    cells: dict[int, SeedResult] = {s: SeedResult.from_json(d) for s, (d, _) in cached.items()}
+    cell_seconds: dict[int, float] = {s: secs for s, (_, secs) in cached.items()}
     for seed in cells:
         say(f"  [{exp.name}] seed {seed}: cached")
     pending = [s for s in seed_list if s not in cells]
@@ -444,6 +469,7 @@ def run_experiment(
                 continue
             cell = SeedResult.from_json(payload)
             cells[seed] = cell
+            cell_seconds[seed] = secs
             if info.is_main:
                 _write_cell(_cell_path(exp_dir, mode, seed), cell, exp, mode, seed, secs)
             summary = ", ".join(f"{m}={v:.4f}" for m, v in cell.values.items())
@@ -455,6 +481,9 @@ def run_experiment(
         res = aggregate(exp, ordered, mode, time.perf_counter() - t0)
         res["seed_list"] = seed_list
         res["cells_computed"] = len(pending)
+        # The compute time of every cell, cached ones included (what the numbers cost, not this run).
+        known = [cell_seconds[s] for s in seed_list if math.isfinite(cell_seconds.get(s, math.nan))]
+        res["compute_s"] = round(sum(known), 2) if len(known) == len(seed_list) else None
         res["plots"] = _plots(exp, res, ordered, exp_dir, say) if plots else []
         atomic_write_json(exp_dir / "results.json", res)
         atomic_write_text(exp_dir / "table.md", _table_md(res))
@@ -475,16 +504,27 @@ def run_suite(
     plots: bool = True,
     threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run several experiments, then (re)write ``<out>/index.html`` and ``<out>/results.md``."""
+    """Run several experiments, then (re)write ``<out>/index.html`` and ``<out>/results.md``.
+
+    An experiment whose data or pretrained model is not installed (it raises
+    :class:`~trainwell.lab.datasets.corpora.CorpusUnavailable`) is skipped with the message saying how
+    to get it; the others still run.
+    """
     from trainwell.lab.report import write_index
 
     info = dist_info()
     say: Callable[..., Any] = log if info.is_main else (lambda *a, **kw: None)
     results = []
+    from trainwell.lab.datasets.corpora import CorpusUnavailable
+
     for exp in experiments:
         say(f"== {exp.name}: {exp.title} ({mode} mode)")
-        results.append(run_experiment(exp, out=out, mode=mode, seeds=seeds, force=force, progress=progress,
-                                      log=log, plots=plots, threads=threads))
+        try:
+            res = run_experiment(exp, out=out, mode=mode, seeds=seeds, force=force, progress=progress, log=log,
+                                 plots=plots, threads=threads)
+            results.append(res)
+        except CorpusUnavailable as err:  # data or model package not installed: skip, say how to get it
+            say(f"== {exp.name}: SKIPPED ({mode} mode) — {err}")
     # The index lists every experiment with results in the folder, not only this run's.
     if info.is_main:
         write_index(Path(out))

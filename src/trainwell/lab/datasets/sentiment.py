@@ -32,14 +32,14 @@ import functools
 import importlib.util
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from trainwell._validation import check_int, check_number, fail
+from trainwell._validation import check_int
+from trainwell.lab.datasets._split import TextSplits, stratified_split
 
 __all__ = [
     "PAD_ID",
@@ -80,26 +80,8 @@ def _read_unique(path: Path) -> set[str]:
         return {s for s in (line.strip() for line in f) if s}
 
 
-@dataclass(frozen=True)
-class SentimentSplits:
-    """Train / dev / test texts and labels (1 = positive, 0 = negative)."""
-
-    train_texts: tuple[str, ...]
-    train_labels: tuple[int, ...]
-    dev_texts: tuple[str, ...]
-    dev_labels: tuple[int, ...]
-    test_texts: tuple[str, ...]
-    test_labels: tuple[int, ...]
-
-    def sizes(self) -> dict[str, int]:
-        """Number of texts per split."""
-        return {"train": len(self.train_texts), "dev": len(self.dev_texts), "test": len(self.test_texts)}
-
-    def labels_tensor(self, split: str) -> Tensor:
-        """Labels of ``split`` (``"train"``, ``"dev"`` or ``"test"``) as a ``LongTensor``."""
-        if split not in ("train", "dev", "test"):
-            fail("SentimentSplits.labels_tensor", "split", "one of 'train', 'dev', 'test'", split)
-        return torch.tensor(getattr(self, f"{split}_labels"), dtype=torch.long)
+#: Train / dev / test texts and labels (1 = positive, 0 = negative); the lab's shared split type.
+SentimentSplits = TextSplits
 
 
 @functools.lru_cache(maxsize=4)
@@ -115,44 +97,12 @@ def load_sentiment(dev_fraction: float = 0.1, test_fraction: float = 0.2, split_
         A :class:`SentimentSplits` (cached per argument tuple; it is immutable).
     """
     fn = "load_sentiment"
-    dev_f = check_number("dev_fraction", dev_fraction, fn=fn, min=0.0, max=1.0, max_inclusive=False)
-    test_f = check_number("test_fraction", test_fraction, fn=fn, min=0.0, max=1.0, max_inclusive=False)
-    assert dev_f is not None and test_f is not None
-    if dev_f + test_f >= 1.0:
-        fail(fn, "dev_fraction + test_fraction", "< 1", dev_f + test_f)
-    check_int("split_seed", split_seed, fn=fn, min=0)
+    # validate before reading the files (the split helper checks again, cheaply)
+    stratified_split({}, dev_fraction, test_fraction, split_seed, fn=fn)
     pos_path, neg_path = sentiment_files()
     pos, neg = _read_unique(pos_path), _read_unique(neg_path)
     both = pos & neg
-    out: dict[str, list[tuple[str, int]]] = {"train": [], "dev": [], "test": []}
-    rng = np.random.RandomState(split_seed)
-    for label, texts in ((1, pos - both), (0, neg - both)):
-        ordered = sorted(texts)
-        perm = rng.permutation(len(ordered))
-        n_test = round(test_f * len(ordered))
-        n_dev = round(dev_f * len(ordered))
-        for rank, idx in enumerate(perm):
-            split = "test" if rank < n_test else "dev" if rank < n_test + n_dev else "train"
-            out[split].append((ordered[idx], label))
-    for split in out:
-        # Interleave the classes deterministically so a split is not "all positives, then negatives".
-        out[split].sort(key=lambda tl: (_hash_text(tl[0]), tl[0]))
-    return SentimentSplits(
-        train_texts=tuple(t for t, _ in out["train"]),
-        train_labels=tuple(y for _, y in out["train"]),
-        dev_texts=tuple(t for t, _ in out["dev"]),
-        dev_labels=tuple(y for _, y in out["dev"]),
-        test_texts=tuple(t for t, _ in out["test"]),
-        test_labels=tuple(y for _, y in out["test"]),
-    )
-
-
-def _hash_text(text: str) -> int:
-    """A process-independent 32-bit hash of a text (Python's ``hash`` is salted per process)."""
-    h = 2166136261
-    for b in text.encode("utf-8")[:64]:
-        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-    return h
+    return stratified_split({1: pos - both, 0: neg - both}, dev_fraction, test_fraction, split_seed, fn=fn)
 
 
 class CharVocab:
