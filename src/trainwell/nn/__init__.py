@@ -10,6 +10,13 @@ from trainwell.nn.masks import (
     unilm_mask,
 )
 
+# --- attention parts (FAVOR+, T-TA, HF attention swap) ---
+from trainwell.nn.hf_attention import favor_modules, replace_attention, restore_attention
+from trainwell.nn.performer import FavorAttention, favor_attention, favor_features, random_projection
+from trainwell.nn.tta import TTAEncoder, TTALayer, TTAOutput, tta_from_bert
+
+# --- end attention parts ---
+
 __all__ = [
     "causal_mask",
     "masked_attention",
@@ -18,4 +25,17 @@ __all__ = [
     "to_hf_mask",
     "tta_mask",
     "unilm_mask",
+    # --- attention parts ---
+    "FavorAttention",
+    "TTAEncoder",
+    "TTALayer",
+    "TTAOutput",
+    "favor_attention",
+    "favor_features",
+    "favor_modules",
+    "random_projection",
+    "replace_attention",
+    "restore_attention",
+    "tta_from_bert",
+    # --- end attention parts ---
 ]

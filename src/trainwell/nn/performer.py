@@ -76,11 +76,12 @@ def random_projection(
     orthogonal: bool = True,
     norm_sampling: str = "chi",
     haar: bool = True,
+    batch_shape: tuple[int, ...] = (),
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Draw the ``[nb_features, d]`` random feature matrix of FAVOR+.
+    """Draw the ``[nb_features, d]`` random feature matrix of FAVOR+ (or a batch of independent ones).
 
     With ``orthogonal=True`` the rows come in blocks of ``d`` mutually orthogonal directions (⌈m/d⌉
     independent blocks, the last one truncated). Each block is the ``Q`` of ``qr(G)``, ``G ~ N(0, I)``,
@@ -91,10 +92,15 @@ def random_projection(
     post's "even norms"), ``"fixed"`` √d (lower variance at small m, biased). With ``orthogonal=False``
     the directions are i.i.d. and ``"chi"`` returns plain ``N(0, I_d)`` rows.
 
+    Args:
+        nb_features: m (>= 1). d: feature dimension (the head width).
+        batch_shape: leading dims of independent draws (e.g. ``(H,)`` for one projection per head).
+        generator: the random source (its device is where the draw happens).
+
     Source: kexue.fm/archives/7921; arXiv:2009.14794, arXiv:1703.00864.
 
     Shape:
-        returns ``[nb_features, d]``.
+        returns ``[*batch_shape, nb_features, d]``.
     """
     fn = "random_projection"
     m = check_int("nb_features", nb_features, fn=fn, min=1)
@@ -103,34 +109,35 @@ def random_projection(
     check_bool("orthogonal", orthogonal, fn=fn)
     check_bool("haar", haar, fn=fn)
     check_choice("norm_sampling", norm_sampling, NORM_SAMPLINGS, fn=fn)
-    if not dtype.is_floating_point:
+    if not isinstance(batch_shape, tuple) or not all(isinstance(b, int) and b >= 1 for b in batch_shape):
+        fail(fn, "batch_shape", "a tuple of positive ints", batch_shape, exc=TypeError)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         fail(fn, "dtype", "a floating dtype", dtype, exc=TypeError)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     kw: dict[str, Any] = {"generator": generator, "device": gen_device, "dtype": torch.float64}
+    bs = tuple(batch_shape)
     if orthogonal:
-        blocks = []
-        for _ in range(-(-m // dd)):
-            g = torch.randn(dd, dd, **kw)
-            q, r = torch.linalg.qr(g)
-            if haar:
-                sign = torch.sign(torch.diagonal(r))
-                q = q * torch.where(sign == 0, torch.ones_like(sign), sign)
-            blocks.append(q.T)  # rows of qᵀ are orthonormal
-        directions = torch.cat(blocks, 0)[:m]
-        if norm_sampling == "chi":
-            norms = torch.randn(m, dd, **kw).norm(dim=1)
-        w = directions
+        nblocks = -(-m // dd)
+        g = torch.randn(*bs, nblocks, dd, dd, **kw)
+        q, r = torch.linalg.qr(g)
+        if haar:
+            sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+            q = q * torch.where(sign == 0, torch.ones_like(sign), sign).unsqueeze(-2)  # column j × sign(R_jj)
+        # rows of qᵀ are orthonormal; stack the blocks' rows
+        directions = q.transpose(-1, -2).reshape(*bs, nblocks * dd, dd)[..., :m, :]
+        norms = torch.randn(*bs, m, dd, **kw).norm(dim=-1) if norm_sampling == "chi" else None
     else:
-        w = torch.randn(m, dd, **kw)
-        norms = w.norm(dim=1)
-        directions = w / norms.clamp_min(1e-30)[:, None]
+        w = torch.randn(*bs, m, dd, **kw)
+        norms = w.norm(dim=-1)
+        directions = w / norms.clamp_min(1e-300).unsqueeze(-1)
     if norm_sampling == "quantile":
         q_norms = _chi_quantiles(dd, m, torch.float64, gen_device)
-        perm = torch.randperm(m, generator=generator, device=gen_device)
+        perm = torch.rand(*bs, m, generator=generator, device=gen_device, dtype=torch.float64).argsort(-1)
         norms = q_norms[perm]
     elif norm_sampling == "fixed":
-        norms = torch.full((m,), math.sqrt(dd), dtype=torch.float64, device=gen_device)
-    w = directions * norms[:, None]
+        norms = torch.full((*bs, m), math.sqrt(dd), dtype=torch.float64, device=gen_device)
+    assert norms is not None
+    w = directions * norms.unsqueeze(-1)
     return w.to(device=device if device is not None else gen_device, dtype=dtype)
 
 
@@ -157,12 +164,20 @@ def _check_qkv(fn: str, q: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
-def _check_projection(fn: str, projection: Tensor, d: int) -> None:
-    check_tensor("projection", projection, fn=fn, kind="float", ndim=2)
-    if projection.shape[1] != d:
+def _check_projection(fn: str, projection: Tensor, d: int, lead: tuple[int, ...]) -> None:
+    check_tensor("projection", projection, fn=fn, kind="float", min_ndim=2)
+    if projection.shape[-1] != d:
         fail(fn, "projection", f"a [m, {d}] tensor (d = the last dim of q and k)", projection)
-    if projection.shape[0] < 1:
+    if projection.shape[-2] < 1:
         fail(fn, "projection", "a tensor with at least one row (m >= 1)", projection)
+    if projection.dim() > 2:
+        try:
+            torch.broadcast_shapes(tuple(projection.shape[:-2]), lead)
+        except RuntimeError:
+            raise ValueError(
+                f"{fn}(): argument 'projection' {tuple(projection.shape)}: its leading dims must broadcast "
+                f"against the inputs' leading dims {lead}"
+            ) from None
 
 
 def _key_mask(fn: str, attention_mask: Tensor | None, k: Tensor) -> Tensor | None:
@@ -196,6 +211,7 @@ def favor_features(
     scale: float | None = None,
     stabilize: bool = True,
     attention_mask: Tensor | None = None,
+    causal: bool = False,
 ) -> Tensor:
     """Random features ``φ(x)`` with ``φ(q)·φ(k) ≈ exp(q·k/√d)`` (up to row constants that cancel).
 
@@ -214,13 +230,17 @@ def favor_features(
 
     Args:
         x: ``[..., n, d]`` queries or keys (unscaled).
-        projection: ``[m, d]`` rows ω.
+        projection: ``[m, d]`` rows ω (or ``[..., m, d]`` broadcasting against ``x``'s leading dims, e.g. one
+            projection per head).
         is_query: which stabiliser to use.
         feature_type: ``"positive"`` (default), ``"hyperbolic"`` or ``"trig"``.
         eps: added after exponentiation (positive/hyperbolic).
         scale: multiplies ``x`` first; ``None`` = ``d^{-1/4}``; ``1.0`` gives ``φ(x)·φ(y) ≈ exp(x·y)``.
         stabilize: subtract the max (turn off only to test that it cancels).
         attention_mask: optional ``[..., n]`` key mask (1/True = real token), keys only.
+        causal: keys of causal attention: ``ε`` is anchored to the first position's scale,
+            ``φ(k_j) = m^{-1/2} exp(a_j − c) + ε·exp(min(a_0^max − c, 0))``, so the sequence max ``c`` (which
+            depends on future tokens) cancels exactly, ε term included.
 
     Shape:
         ``[..., n, m]`` (``[..., n, 2m]`` for hyperbolic and trig), float32 for half inputs.
@@ -229,17 +249,18 @@ def favor_features(
     """
     fn = "favor_features"
     check_tensor("x", x, fn=fn, kind="float", min_ndim=2)
-    _check_projection(fn, projection, x.shape[-1])
+    _check_projection(fn, projection, x.shape[-1], tuple(x.shape[:-2]))
     check_bool("is_query", is_query, fn=fn)
     check_choice("feature_type", feature_type, FEATURE_TYPES, fn=fn)
     e = check_number("eps", eps, fn=fn, min=0.0)
     assert e is not None
     s = check_number("scale", scale, fn=fn, min=0.0, min_inclusive=False, allow_none=True)
     check_bool("stabilize", stabilize, fn=fn)
-    mask = _key_mask(fn, attention_mask, x) if not is_query else None
+    check_bool("causal", causal, fn=fn)
     if is_query and attention_mask is not None:
         raise ValueError(f"{fn}(): argument 'attention_mask' applies to keys only (is_query=False)")
-    return _features(x, projection, is_query, feature_type, e, s, stabilize, mask)
+    mask = _key_mask(fn, attention_mask, x) if not is_query else None
+    return _features(x, projection, is_query, feature_type, e, s, stabilize, mask, causal)
 
 
 def _features(
@@ -251,13 +272,14 @@ def _features(
     scale: float | None,
     stabilize: bool,
     mask: Tensor | None,
+    causal: bool = False,
 ) -> Tensor:
     cd = _compute_dtype(x)
     d = x.shape[-1]
-    m = projection.shape[0]
+    m = projection.shape[-2]
     xs = x.to(cd) * (d**-0.25 if scale is None else scale)
     w = projection.to(device=x.device, dtype=cd)
-    proj = torch.matmul(xs, w.T)  # [..., n, m]
+    proj = torch.matmul(xs, w.transpose(-1, -2))  # [..., n, m]
     half_sq = 0.5 * (xs * xs).sum(-1, keepdim=True)  # [..., n, 1]
     if feature_type == "trig":
         expo = half_sq
@@ -272,9 +294,16 @@ def _features(
         else:
             expo = proj - half_sq
             norm = m**-0.5
+        eps_t: Tensor | float = eps
         if stabilize:
-            expo = expo - _stabiliser(expo, is_query, mask)
-        feats = torch.exp(expo) * norm + eps
+            c = _stabiliser(expo, is_query, mask)
+            if causal and not is_query and eps > 0:
+                # anchor ε to position 0 (in everyone's past): exp(-c) then scales ε too and cancels
+                with torch.no_grad():
+                    a0 = expo[..., :1, :].amax(-1, keepdim=True)
+                    eps_t = eps * torch.exp(torch.clamp(a0 - c, max=0.0))
+            expo = expo - c
+        feats = torch.exp(expo) * norm + eps_t
     if mask is not None:
         feats = feats * mask.unsqueeze(-1).to(feats.dtype)
     return feats
@@ -363,12 +392,14 @@ def favor_attention(
     O(n·m + (n/c)·m·d_v + n·c), autograd through plain torch ops.
 
     Computed in float32 for half/bfloat16 inputs (float64 stays float64); returned in ``v``'s dtype.
-    The key stabiliser is one max over the whole sequence; it cancels exactly when ``eps = 0``, so in causal
-    mode future tokens can move the output only through the ``eps`` term (relative size ≈ eps).
+    The key stabiliser is one max over the whole sequence. It cancels exactly; in causal mode the key ``eps``
+    is scaled with it (anchored to position 0) so that future tokens cannot move past outputs even through
+    ``eps`` (with a plain ``+eps`` the global max would leak the future at a relative size ≈ eps·e^Δ).
 
     Args:
         q: ``[..., n, d]`` queries; k: ``[..., n_k, d]`` keys; v: ``[..., n_k, d_v]`` values.
-        projection: ``[m, d]`` random features (:func:`random_projection`).
+        projection: ``[m, d]`` random features (:func:`random_projection`), or ``[..., m, d]`` broadcasting
+            against the leading dims (one per head: ``random_projection(m, d, batch_shape=(H,))`` for ``[B, H, n, d]``).
         causal: prefix-sum (left-to-right) attention; needs ``n == n_k``.
         attention_mask: ``[..., n_k]`` Hugging Face style key mask (1/True = real token), broadcast over the
             head dims (``[B, n]`` works for ``[B, H, n, d]``); padded keys get zero feature rows.
@@ -384,7 +415,7 @@ def favor_attention(
     """
     fn = "favor_attention"
     _check_qkv(fn, q, k, v)
-    _check_projection(fn, projection, q.shape[-1])
+    _check_projection(fn, projection, q.shape[-1], tuple(q.shape[:-2]))
     check_bool("causal", causal, fn=fn)
     e = check_number("eps", eps, fn=fn, min=0.0)
     c = check_int("chunk_size", chunk_size, fn=fn, min=1)
@@ -414,7 +445,7 @@ def _favor(
     cd = _compute_dtype(q)
     with torch.autocast(device_type=q.device.type, enabled=False):
         qf = _features(q, projection, True, feature_type, eps, None, stabilize, None)
-        kf = _features(k, projection, False, feature_type, eps, None, stabilize, mask)
+        kf = _features(k, projection, False, feature_type, eps, None, stabilize, mask, causal)
         vv = v.to(cd)
         out = _causal(qf, kf, vv, chunk) if causal else _bidirectional(qf, kf, vv)
     return out.to(v.dtype)
