@@ -218,8 +218,8 @@ def favor_features(
     With ``x' = scale·x`` (``scale`` defaults to ``d^{-1/4}``, the softmax temperature split between
     queries and keys) and ``a_l = ω_l·x' − ‖x'‖²/2``:
 
-    - ``"positive"``: ``φ(x) = m^{-1/2} [exp(a_l − c)]_l + ε``;
-    - ``"hyperbolic"``: ``φ(x) = (2m)^{-1/2} [exp(a_l − c), exp(−ω_l·x' − ‖x'‖²/2 − c)]_l + ε`` (2m features);
+    - ``"positive"``: ``φ(x) = m^{-1/2} [exp(a_l − c) + ε]_l``;
+    - ``"hyperbolic"``: ``φ(x) = (2m)^{-1/2} [exp(a_l − c) + ε, exp(−ω_l·x' − ‖x'‖²/2 − c) + ε]_l`` (2m features);
     - ``"trig"``: ``φ(x) = m^{-1/2} exp(‖x'‖²/2 − c) [cos(ω_l·x'), sin(ω_l·x')]_l`` (2m features, may be
       negative: high variance where ``exp(q·k)`` is small).
 
@@ -239,7 +239,7 @@ def favor_features(
         stabilize: subtract the max (turn off only to test that it cancels).
         attention_mask: optional ``[..., n]`` key mask (1/True = real token), keys only.
         causal: keys of causal attention: ``ε`` is anchored to the first position's scale,
-            ``φ(k_j) = m^{-1/2} exp(a_j − c) + ε·exp(min(a_0^max − c, 0))``, so the sequence max ``c`` (which
+            ``φ(k_j) = m^{-1/2} (exp(a_j − c) + ε·exp(min(a_0^max − c, 0)))``, so the sequence max ``c`` (which
             depends on future tokens) cancels exactly, ε term included.
 
     Shape:
@@ -303,7 +303,7 @@ def _features(
                     a0 = expo[..., :1, :].amax(-1, keepdim=True)
                     eps_t = eps * torch.exp(torch.clamp(a0 - c, max=0.0))
             expo = expo - c
-        feats = torch.exp(expo) * norm + eps_t
+        feats = (torch.exp(expo) + eps_t) * norm  # ε inside, as in the reference code
     if mask is not None:
         feats = feats * mask.unsqueeze(-1).to(feats.dtype)
     return feats
