@@ -113,7 +113,7 @@ def test_padding_and_weights_kept_and_gradients_flow() -> None:
 
 def test_unsupported_models_and_double_swap_raise() -> None:
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
-    with pytest.raises(ValueError, match="found no BERT/RoBERTa-style attention module .* GPT2Model"):
+    with pytest.raises(ValueError, match=r"found no BERT/RoBERTa-style attention module .* GPT2Model"):
         replace_attention(gpt2)
     with pytest.raises(TypeError, match="Hugging Face transformers model"):
         replace_attention(torch.nn.Linear(3, 3))

@@ -1,4 +1,7 @@
-"""trainwell.nn: model parts — attention masks (more parts land here: FAVOR+, T-TA, Theseus, PET)."""
+"""trainwell.nn: model parts — attention masks, FAVOR+, T-TA, Hugging Face attention swap (Theseus, PET too)."""
+
+# Imports and __all__ are grouped in one block per family (so parallel additions stay separate), not sorted.
+# ruff: noqa: I001, RUF022
 
 from trainwell.nn.masks import (
     causal_mask,

@@ -238,6 +238,7 @@ def restore_attention(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(getattr(m, _CHILD, None), FavorAttention):
             delattr(m, _CHILD)
-    model.config._attn_implementation = getattr(model, _PREVIOUS)
+    config: Any = model.config
+    config._attn_implementation = getattr(model, _PREVIOUS)
     delattr(model, _PREVIOUS)
     return model

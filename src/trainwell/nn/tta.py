@@ -322,7 +322,7 @@ def tta_from_bert(
         model.output_bias.zero_()
         for ours, theirs in zip(model.layers, list(layers)[:n]):
             att = theirs.attention
-            pairs = [
+            pairs: list[tuple[Any, Any]] = [
                 (ours.query, att.self.query), (ours.key, att.self.key), (ours.value, att.self.value),
                 (ours.attn_out, att.output.dense), (ours.attn_norm, att.output.LayerNorm),
                 (ours.ffn_in, theirs.intermediate.dense), (ours.ffn_out, theirs.output.dense),

