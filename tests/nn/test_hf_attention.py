@@ -147,3 +147,20 @@ def test_unilm_mask_on_a_bert_encoder() -> None:
             assert torch.equal(out[:, :9], base[:, :9])  # source rows: bit-identical
             torch.testing.assert_close(out[:, :j], base[:, :j], atol=0, rtol=0)
             assert float((out[:, j] - base[:, j]).abs().max()) > 1e-4
+
+
+def test_redraw_interval_applies_inside_the_model() -> None:
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**CFG))
+    replace_attention(model, 16, redraw_interval=1)
+    core = next(iter(favor_modules(model).values()))
+    ids, mask = _batch()
+    model.train()
+    model(ids, attention_mask=mask)
+    p0 = core.projection.clone()
+    model(ids, attention_mask=mask)
+    assert not torch.equal(core.projection, p0)
+    model.eval()
+    p1 = core.projection.clone()
+    model(ids, attention_mask=mask)
+    assert torch.equal(core.projection, p1)

@@ -119,6 +119,7 @@ def _attention_forward(
         query, key = query * r, key * r
     from trainwell.nn.performer import _favor
 
+    favor._count_call()
     out = _favor(query, key, value, favor.projection, causal, _expand(pad, key), favor.eps,
                  favor.chunk_size, favor.feature_type, True)
     return out.transpose(1, 2).contiguous(), None

@@ -524,11 +524,15 @@ class FavorAttention(nn.Module):
         new = self._draw(generator, self.projection.device, self.projection.dtype)
         self.projection.copy_(new)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def _count_call(self) -> None:
+        """Redraw the features every ``redraw_interval`` training-mode calls."""
         if self.training and self.redraw_interval is not None:
             if self._calls > 0 and self._calls % self.redraw_interval == 0:
                 self.redraw_features()
             self._calls += 1
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        self._count_call()
         fn = "FavorAttention.forward"
         _check_qkv(fn, q, k, v)
         if q.shape[-1] != self.d_head:

@@ -25,6 +25,14 @@ FAVOR+ is faster.
 Judge (fixed before any run): ORF's error at m = 256 is below i.i.d.'s by more than the pooled seed std;
 positive ORF's error is below trig ORF's (same rule); the FAVOR+ slope is below 1.3 and below the exact
 slope. Timings share the CPU with whatever else runs: the slope, not the absolute time, is judged.
+
+Quick run (seeds 1234–1236, KJV, a heavily loaded 2-core machine): row-L1 error at m = 256 — positive iid
+0.925 ± 0.008, Haar ORF 0.918 ± 0.013 (paired Δ −0.007 ± 0.019: within noise), raw-QR ORF 0.914 ± 0.006,
+trig ORF 22.5 ± 4.8; the error falls only to ≈ 0.80 at m = 1024. FAVOR+ slope 1.14 ± 0.15 vs exact 2.05 ±
+0.07, crossover n = 1024 (one thread). So on a trained encoder's real queries/keys, whose norms are large
+(the positive estimator's variance grows like exp(‖q+k‖²/√d)), m = 256 gives a poor approximation and ORF's
+advantage, clear on the small-norm synthetic inputs of the unit tests (§1.6), does not show; positive ≫ trig
+and the linear scaling hold. The judge therefore says the combined claim does not hold.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ i from the rest" over every non-pad position of the held-out verses (T-TA: one p
 position with that token replaced by ``[MASK]``), and training-signal tokens per second (positions that
 received a loss term / training seconds, a secondary column). Judge (fixed in advance): T-TA's held-out
 accuracy is above the MLM's by more than the pooled seed std.
+
+Quick run (seeds 1234–1236, KJV, 15 s of training per model on one thread of a heavily loaded 2-core machine,
+≈ 120–180 steps each, 232k parameters each): held-out accuracy T-TA 0.1346 ± 0.0006 vs MLM 0.1264 ± 0.0053
+(paired Δ +0.008, per seed +0.012 / +0.003 / +0.010); training-signal tokens per second 5,540 ± 1,080 vs
+840 ± 170 (6.6×, the 1/0.15 expected from masking, at the same cost per step). Both models are still early in
+training (≈ 13% accuracy is little above predicting frequent words), so this shows the direction at equal wall
+time, not final quality; full mode trains 240 s per model.
 """
 
 from __future__ import annotations
@@ -170,8 +177,8 @@ class _Cfg:
 def _cfg(ctx: RunContext) -> _Cfg:
     return ctx.pick(
         tiny=_Cfg(vocab=1000, max_len=16, n_test=64, hidden=32, layers=1, heads=2, batch=32, budget_s=1.0, lr=2e-3),
-        quick=_Cfg(vocab=4000, max_len=24, n_test=300, hidden=64, layers=2, heads=4, batch=64, budget_s=8.0,
-                   lr=2e-3),
+        quick=_Cfg(vocab=2000, max_len=20, n_test=300, hidden=64, layers=2, heads=4, batch=32, budget_s=15.0,
+                   lr=3e-3),
         full=_Cfg(vocab=8000, max_len=32, n_test=1000, hidden=128, layers=3, heads=4, batch=64, budget_s=240.0,
                   lr=1e-3),
     )
@@ -226,7 +233,7 @@ def _run_seed(ctx: RunContext) -> SeedResult:
             signal[name] += count
             steps[name] += 1
             if steps[name] % 20 == 0:
-                losses[name].append(float(loss))
+                losses[name].append(float(loss.detach()))
     acc = {"T-TA": _accuracy_tta(tta, data.test), "MLM": _accuracy_mlm(mlm, data.test)}
     rate = {m: signal[m] / spent[m] for m in METHODS}
     info = {"corpus": data.name, "train_verses": n, "test_verses": len(data.test), "vocab": v,
@@ -260,6 +267,6 @@ EXPERIMENT = Experiment(
     ">6× faster than BERT-based reranking on CPU",
     seeds={"tiny": 1, "quick": 3, "full": 5},
     full_runtime="about 45 min on 2 CPU cores (2 × 240 s of training per seed, 5 seeds, plus evaluation)",
-    version="1",
+    version="2",
     threads=1,
 )
