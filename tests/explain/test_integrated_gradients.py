@@ -166,7 +166,7 @@ def test_one_backward_per_chunk() -> None:
 def test_bf16_autocast_accumulates_in_float32() -> None:
     net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 3))
     x = torch.randn(4, 16)
-    ref, d_ref = integrated_gradients(lambda t: net(t).softmax(-1), x, target=1, n_steps=32)
+    ref, _ = integrated_gradients(lambda t: net(t).softmax(-1), x, target=1, n_steps=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, d = integrated_gradients(lambda t: net(t).softmax(-1), x, target=1, n_steps=32)
     assert got.dtype == torch.float32 and d.dtype == torch.float32

@@ -72,7 +72,7 @@ def test_equals_captum_layer_integrated_gradients(bert: nn.Module) -> None:
 
 
 def test_logit_output_baselines_and_chunking(bert: nn.Module) -> None:
-    ids, mask, tt = _batch()
+    ids, mask, _ = _batch()
     full = token_attributions(bert, ids, mask, target=1, output="logit", baseline="mask", mask_token_id=3,
                               n_steps=20)
     part = token_attributions(bert, ids, mask, target=1, output="logit", baseline=3, n_steps=20,
@@ -88,7 +88,7 @@ def test_logit_output_baselines_and_chunking(bert: nn.Module) -> None:
 
 
 def test_bf16_autocast(bert: nn.Module) -> None:
-    ids, mask, tt = _batch()
+    ids, mask, _ = _batch()
     ref = token_attributions(bert, ids, mask, target=0, n_steps=32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         r = token_attributions(bert, ids, mask, target=0, n_steps=32)

@@ -11,7 +11,12 @@
 
 from __future__ import annotations
 
-from trainwell.explain.integrated_gradients import METHODS, IntegratedGradients, integrated_gradients, quadrature
+from trainwell.explain.integrated_gradients import (
+    METHODS,
+    IntegratedGradients,
+    integrated_gradients,
+    quadrature,
+)
 from trainwell.explain.likelihood import bits_per_dim, iw_log_likelihood, iwae_loss, residual_normal_kl
 from trainwell.explain.tokens import TokenAttributions, render_tokens, token_attributions
 

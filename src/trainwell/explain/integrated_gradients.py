@@ -64,8 +64,8 @@ def _rule(method: str, n_steps: int, *, fn: str) -> tuple[list[float], list[floa
     if method in ("trapezoid", "riemann_trapezoid") and n < 2:
         fail(fn, "n_steps", f">= 2 for method={method!r} (it needs both end points)", n_steps)
     if method == "gausslegendre":
-        x, w = np.polynomial.legendre.leggauss(n)
-        return (0.5 * w).tolist(), (0.5 * (1.0 + x)).tolist()
+        nodes, gw = np.polynomial.legendre.leggauss(n)
+        return [float(v) for v in 0.5 * gw], [float(v) for v in 0.5 * (1.0 + nodes)]
     if method == "trapezoid":
         h = 1.0 / (n - 1)
         w = [h] * n

@@ -384,8 +384,10 @@ def _render_png(tokens: list[str], norm: list[float], signed: bool, title: str |
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         if title:
-            ax.text(0.3, 0.35, title, fontsize=9, color="#444", va="center", **({"fontfamily": family} if family
-                                                                              else {}))
+            tprops: dict[str, Any] = {"fontsize": 9, "color": "#444", "va": "center"}
+            if family is not None:
+                tprops["fontfamily"] = family
+            ax.text(0.3, 0.35, title, **tprops)
         for row, idx in enumerate(lines):
             x = 0.3
             for i in idx:
