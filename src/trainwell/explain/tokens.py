@@ -122,8 +122,8 @@ def token_attributions(
 ) -> TokenAttributions:
     """Integrated gradients of a sequence classifier over its token-embedding output.
 
-    The model is called as ``model(input_ids=..., attention_mask=..., token_type_ids=...)`` (the masks
-    only when given) with the output of ``model.get_input_embeddings()`` replaced by
+    The model is called as ``model(input_ids, attention_mask=..., token_type_ids=...)`` (ids positional,
+    the masks only when given) with the output of ``model.get_input_embeddings()`` replaced by
     ``ē + α (e − ē)`` through a forward hook, so positions, segments and the mask are never interpolated.
     The interpolated batch is evaluated in chunks of ``internal_batch_size`` rows, with one forward and
     one backward per chunk; model weights are frozen during the call (restored after). Under autocast
@@ -132,7 +132,7 @@ def token_attributions(
 
     Args:
         model: a Hugging Face ``*ForSequenceClassification`` model or any module with
-            ``get_input_embeddings()`` whose forward takes ``input_ids`` and returns logits ``[B, C]``
+            ``get_input_embeddings()`` whose forward takes the ids first and returns logits ``[B, C]``
             (or an object with ``.logits``).
         input_ids: ``[B, T]`` token ids.
         attention_mask: ``[B, T]`` (1 = real token) or None. Padding gets score 0 and is left out of
@@ -186,7 +186,7 @@ def token_attributions(
     def forward(emb: Tensor, ids: Tensor, *more: Tensor) -> Tensor:
         hook.value = emb
         try:
-            logits = _logits(model(input_ids=ids, **{n: t for (n, _), t in zip(present, more)}))
+            logits = _logits(model(ids, **{n: t for (n, _), t in zip(present, more)}))
         finally:
             hook.value = None
         logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -197,7 +197,7 @@ def token_attributions(
             with torch.no_grad():
                 hook.value = e
                 try:
-                    pred = _logits(model(input_ids=input_ids, **dict(present))).argmax(-1)
+                    pred = _logits(model(input_ids, **dict(present))).argmax(-1)
                 finally:
                     hook.value = None
             target = pred
