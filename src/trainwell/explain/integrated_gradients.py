@@ -307,13 +307,19 @@ def integrated_gradients(
         for start in range(0, n_rows, chunk):
             r = torch.arange(start, min(start + chunk, n_rows), device=device)
             step, ex = r // batch, r % batch
-            alpha_rows = a64[step]
+            # A chunk of whole steps is built by broadcasting (no per-row copies of x and x̄).
+            aligned = start % batch == 0 and len(r) % batch == 0
+            n_s = len(r) // batch
             scaled = []
             for x, b in zip(xs, bs):
-                shape = (-1, *([1] * (x.dim() - 1)))
-                xr, br = x.detach().index_select(0, ex), b.index_select(0, ex)
-                ar = alpha_rows.to(x.dtype).view(shape)
-                scaled.append(torch.lerp(br, xr, ar).requires_grad_(True))
+                tail = [1] * (x.dim() - 1)
+                if aligned:
+                    a = a64[start // batch : start // batch + n_s].to(x.dtype).view(n_s, 1, *tail)
+                    pts = torch.lerp(b.unsqueeze(0), x.detach().unsqueeze(0), a).reshape(len(r), *x.shape[1:])
+                else:
+                    a = a64[step].to(x.dtype).view(-1, *tail)
+                    pts = torch.lerp(b.index_select(0, ex), x.detach().index_select(0, ex), a)
+                scaled.append(pts.requires_grad_(True))
             tr = None if tgt is None else tgt.index_select(0, ex)
             with torch.enable_grad():
                 out = forward_fn(*scaled, *(rows_of(e, ex) for e in extra))
@@ -321,12 +327,16 @@ def integrated_gradients(
                     _check_output(out, tgt, len(r), fn=fn)
                     checked = True
                 score = _select(out, tr, len(r), fn=fn)
-                grads = torch.autograd.grad(score.sum(), scaled, allow_unused=True)
-            wr = w[step]
-            for s, g, x in zip(sums, grads, xs):
+                # The quadrature weights seed the backward, so the gradients come out already weighted.
+                grads = torch.autograd.grad(score, scaled, grad_outputs=w[step].to(score.dtype),
+                                            allow_unused=True)
+            for acc, g, x in zip(sums, grads, xs):
                 if g is None:  # the output does not depend on this input: zero attribution
                     continue
-                s.index_add_(0, ex, g.to(s.dtype) * wr.view(-1, *([1] * (x.dim() - 1))))
+                if aligned:
+                    acc.add_(g.view(n_s, batch, *x.shape[1:]).sum(0, dtype=acc.dtype))
+                else:
+                    acc.index_add_(0, ex, g.to(acc.dtype))
             sd = score.detach().to(acc_dt)
             for k, dest in ((k0, f_base), (k1, f_input)):
                 if k is not None:
