@@ -27,6 +27,7 @@ images, 1 epoch, 20 test images, K up to 100; full: 60,000 images, 50 epochs, 2,
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -173,7 +174,7 @@ def _run_seed(ctx: RunContext) -> SeedResult:
 
 def _rises_and_saturates(stats: dict[str, MethodStats], trained: str) -> bool:
     m = [stats[f"{trained} · eval K={k}"].mean for k in EVAL_K]
-    gains = [b - a for a, b in zip(m, m[1:])]
+    gains = [b - a for a, b in itertools.pairwise(m)]
     return gains[0] > 0 and gains[1] > 0 and gains[2] > -0.05 and gains[1] < gains[0]
 
 
