@@ -315,11 +315,11 @@ def integrated_gradients(
                 tail = [1] * (x.dim() - 1)
                 if aligned:
                     a = a64[start // batch : start // batch + n_s].to(x.dtype).view(n_s, 1, *tail)
-                    pts = torch.lerp(b.unsqueeze(0), x.detach().unsqueeze(0), a).reshape(len(r), *x.shape[1:])
+                    path = torch.lerp(b.unsqueeze(0), x.detach().unsqueeze(0), a).reshape(len(r), *x.shape[1:])
                 else:
                     a = a64[step].to(x.dtype).view(-1, *tail)
-                    pts = torch.lerp(b.index_select(0, ex), x.detach().index_select(0, ex), a)
-                scaled.append(pts.requires_grad_(True))
+                    path = torch.lerp(b.index_select(0, ex), x.detach().index_select(0, ex), a)
+                scaled.append(path.requires_grad_(True))
             tr = None if tgt is None else tgt.index_select(0, ex)
             with torch.enable_grad():
                 out = forward_fn(*scaled, *(rows_of(e, ex) for e in extra))
