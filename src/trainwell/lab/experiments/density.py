@@ -22,6 +22,14 @@ Model: MLP encoder 784 → 256 → (μ, log σ) of a 16-d diagonal Gaussian, MLP
 logits, tanh units, prior N(0, I). Both models of a seed start from the same weights and see the same batch
 order. Adam 1e-3, batch 100. Quick: 10,000 training images, 10 epochs, 300 test images evaluated; tiny: 500
 images, 1 epoch, 20 test images, K up to 100; full: 60,000 images, 50 epochs, 2,000 test images, plus K = 5000.
+
+Quick run (seeds 1234–1236, 300 test images; nats per image, bits/dim in brackets): VAE-trained
+−255.00 ± 0.51 (0.4692) at K=1, −252.04 (0.4638) at 10, −251.02 (0.4619) at 100, −250.47 ± 0.25 (0.4609)
+at 1000; IWAE-trained −258.32 ± 1.10 (0.4754), −251.45 (0.4627), −249.80 (0.4597), −249.24 ± 0.20 (0.4587).
+Both claims hold: the gains shrink (VAE +2.97, +1.02, +0.54 nats), and IWAE training is ahead at K=1000 by
++1.23 nats (paired per-seed differences 1.67, 0.79, 1.23). As in the IWAE paper, the IWAE model has the
+*lower* K=1 bound (its encoder is a worse single-sample proposal) while the higher likelihood.
+Measured on a loaded shared machine: ≈ 170 s per seed.
 """
 
 from __future__ import annotations
