@@ -28,7 +28,7 @@ Quick run (seeds 1234–1236, 300 test images; nats per image, bits/dim in brack
 at 1000; IWAE-trained −258.32 ± 1.10 (0.4754), −251.45 (0.4627), −249.80 (0.4597), −249.24 ± 0.20 (0.4587).
 Both claims hold: the gains shrink (VAE +2.97, +1.02, +0.54 nats), and IWAE training is ahead at K=1000 by
 +1.23 nats (paired per-seed differences 1.67, 0.79, 1.23). As in the IWAE paper, the IWAE model has the
-*lower* K=1 bound (its encoder is a worse single-sample proposal) while the higher likelihood.
+*lower* K=1 bound (its encoder is a worse single-sample proposal) and still the higher likelihood.
 Measured on a loaded shared machine: ≈ 170 s per seed.
 """
 
