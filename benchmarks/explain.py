@@ -19,8 +19,9 @@ it, which is the "memory cap when internal_batch_size is small" row.
 
 Where time is saved: both libraries run one batched forward and one backward per chunk, which dominates.
 trainwell adds no forward passes beyond the path for rules that contain α = 0 and α = 1 (captum runs the
-model on the inputs and baselines twice: once to record the layer's outputs, once for the delta) and
-freezes the weights during the call (fewer saved tensors).
+model on the inputs and baselines twice: once to record the layer's outputs, once for the delta). That is
+4·B of the ≈ 3·n_steps·B row-passes (≈ 3%), so on CPU the two are expected within a few percent of each
+other; a larger gap in a table is measurement noise unless it repeats.
 
 Targets: attributions equal to 1e-5; time ≤ 0.8× captum at the same internal batch; peak memory at
 ``ibs = 2`` below captum's.

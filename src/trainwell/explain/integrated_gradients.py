@@ -194,8 +194,8 @@ def _check_target_range(target: Tensor | None, n_out: int, *, fn: str) -> None:
 def frozen_parameters(module: Any) -> Iterator[None]:
     """Parameters of ``module`` (if it is an ``nn.Module``) stop requiring grad inside the block.
 
-    Attribution needs gradients with respect to the inputs only; with the weights frozen autograd saves
-    fewer tensors and builds a smaller graph. ``requires_grad`` is restored on exit.
+    Attribution needs gradients with respect to the inputs only; with the weights frozen autograd records
+    no paths to them (nothing can reach ``.grad``). ``requires_grad`` is restored on exit.
     """
     if not isinstance(module, nn.Module):
         yield
