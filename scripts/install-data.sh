@@ -21,6 +21,8 @@ fi
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 [ -e /usr/lib/bible.data ] || need+=(bible-kjv)
+# a CJK font, so the explain experiment's heat-map PNGs of Chinese reviews show characters, not boxes
+[ -d /usr/share/fonts/truetype/wqy ] || need+=(fonts-wqy-microhei)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "trainwell: apt-get not available; skipping ${need[*]} (the lab falls back to sklearn digits / bundled text)"

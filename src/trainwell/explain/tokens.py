@@ -273,6 +273,16 @@ def cjk_font() -> str | None:
         n = f.name.lower()
         if "cjk" in n or "han" in n.split() or "hei" in n or "wenquanyi" in n or "fallback" in n:
             return str(f.name)
+    # matplotlib's font cache predates fonts installed after it was built (e.g. Debian's
+    # fonts-wqy-microhei, which the lab's set-up installs): register such files once, then look again.
+    for path in font_manager.findSystemFonts():
+        low = path.lower()
+        if "wqy" in low or "cjk" in low or "droidsansfallback" in low:
+            try:
+                font_manager.fontManager.addfont(path)
+                return str(font_manager.FontProperties(fname=path).get_name())
+            except (OSError, RuntimeError, ValueError):
+                continue
     return None
 
 
