@@ -105,8 +105,9 @@ class _Stepper:
     def logits(self, ids: Tensor, first: bool) -> Tensor:
         if not self.is_module:
             out = self.model(ids)
-            if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != ids.shape[0]:
-                fail(self.fn_name, "model_or_fn", "a callable returning next-token logits [B, V]", out,
+            if (not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != ids.shape[0]
+                    or not out.dtype.is_floating_point):
+                fail(self.fn_name, "model_or_fn", "a callable returning float next-token logits [B, V]", out,
                      exc=TypeError)
             return out
         feed = ids if (first or not self.use_cache or self.cache is None) else ids[:, -1:]
