@@ -50,6 +50,7 @@ class _Stepper:
         self.use_cache = bool(self.kwargs.pop("use_cache", True)) and self.is_module
         self.cache_name: str | None = None
         self.accepts_position_ids = False
+        self.keep_last = False
         if self.is_module:
             try:
                 params = inspect.signature(model.forward).parameters
@@ -60,6 +61,8 @@ class _Stepper:
             elif "past_key_values" in params:
                 self.cache_name = "past_key_values"
             self.accepts_position_ids = "position_ids" in params
+            # only the last position's logits are needed (saves the LM head over the prompt)
+            self.keep_last = "logits_to_keep" in params and "logits_to_keep" not in self.kwargs
             if self.cache_name is None:
                 self.use_cache = False
         elif self.kwargs:
@@ -119,6 +122,8 @@ class _Stepper:
         pos = self._position_ids(feed.shape[1])
         if pos is not None:
             kw["position_ids"] = pos
+        if self.keep_last:
+            kw["logits_to_keep"] = 1
         if self.use_cache:
             kw["use_cache"] = True
             if self.cache is not None and self.cache_name is not None:
