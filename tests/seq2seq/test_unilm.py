@@ -139,7 +139,7 @@ def test_tiny_model_overfits_20_problems(tokenizer) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if float(loss) < 1e-3:
+        if float(loss.detach()) < 1e-3:
             break
     solver = MathSolver(model, num_beams=1, max_new_tokens=12)
     results = solver.solve_batch([q for q, _, _ in data])

@@ -61,7 +61,7 @@ def run_seed(ctx: RunContext) -> SeedResult:
     train_set, test_set = _split(convs)
     if ctx.tiny:
         train_set, test_set = train_set[:40], test_set[:10]
-    steps = ctx.pick(tiny=4, quick=500, full=5000)
+    steps = ctx.pick(tiny=4, quick=300, full=5000)
     batch = ctx.pick(tiny=4, quick=32, full=32)
     hidden, layers = ctx.pick(tiny=(32, 1), quick=(128, 2), full=(256, 4))
     tok = char_tokenizer(u for c in convs for u in c)

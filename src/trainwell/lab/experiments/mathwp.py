@@ -110,8 +110,8 @@ def run_seed(ctx: RunContext) -> SeedResult:
     from trainwell.seq2seq import MathSolver, MathWordProblemDataset, Seq2SeqCollator, TeaForNLoss, UniLMSeq2Seq
 
     n_train = ctx.pick(tiny=30, quick=700, full=6000)
-    n_test = ctx.pick(tiny=6, quick=50, full=400)
-    steps = ctx.pick(tiny=6, quick=500, full=6000)
+    n_test = ctx.pick(tiny=6, quick=30, full=400)
+    steps = ctx.pick(tiny=6, quick=300, full=6000)
     batch = ctx.pick(tiny=8, quick=32, full=64)
     hidden, layers = ctx.pick(tiny=(32, 1), quick=(128, 2), full=(256, 4))
     train_set = MathWordProblemDataset(_records("train-easy", n_train, seed=0))

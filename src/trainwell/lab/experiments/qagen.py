@@ -75,7 +75,7 @@ def run_seed(ctx: RunContext) -> SeedResult:
     if ctx.tiny:
         train_set = train_set[:60]
     test_set = test_set[:n_test]
-    steps = ctx.pick(tiny=4, quick=500, full=5000)
+    steps = ctx.pick(tiny=4, quick=300, full=5000)
     batch = ctx.pick(tiny=4, quick=32, full=32)
     hidden, layers = ctx.pick(tiny=(32, 1), quick=(128, 2), full=(256, 4))
     tok = char_tokenizer([s for t in triples for s in t[:3]])
