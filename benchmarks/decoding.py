@@ -10,15 +10,12 @@ with identical outputs.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
 import _harness as H
-
 from trainwell.seq2seq import generate
 
 NEW_TOKENS = 64
@@ -56,10 +53,10 @@ def compare(name: str, model: Any, prompts: torch.Tensor, args: Any) -> list[boo
     met = []
     rows = []
     for beams in (1, 4):
-        def ours() -> torch.Tensor:
+        def ours(beams: int = beams) -> torch.Tensor:
             return generate(model, prompts, max_new_tokens=NEW_TOKENS, num_beams=beams, pad_token_id=0)
 
-        def hf() -> torch.Tensor:
+        def hf(beams: int = beams) -> torch.Tensor:
             return model.generate(prompts, attention_mask=mask, max_new_tokens=NEW_TOKENS,
                                   min_new_tokens=NEW_TOKENS, num_beams=beams, do_sample=False,
                                   pad_token_id=0, eos_token_id=None)

@@ -166,7 +166,7 @@ def test_hf_model_kv_cache_equals_recompute_and_transformers() -> None:
 def test_errors_name_the_argument() -> None:
     lm = TableLM()
     ids = torch.zeros(1, 2, dtype=torch.long)
-    with pytest.raises(TypeError, match="generate\\(\\).*'input_ids'"):
+    with pytest.raises(TypeError, match=r"generate\(\).*'input_ids'"):
         generate(lm, ids.float(), max_new_tokens=2)
     with pytest.raises(ValueError, match="'num_beams'"):
         generate(lm, ids, max_new_tokens=2, num_beams=0)
@@ -179,3 +179,20 @@ def test_errors_name_the_argument() -> None:
     with pytest.raises(TypeError, match="keyword"):
         generate(lm, ids, max_new_tokens=2, attention_mask=torch.ones_like(ids))
     assert torch.equal(generate(lm, ids, max_new_tokens=0), ids)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extreme_and_low_precision_logits(dtype: torch.dtype) -> None:
+    table = (torch.randn(5, 5, generator=torch.Generator().manual_seed(0)) * 1e4).to(dtype)
+
+    def fn(ids: Tensor) -> Tensor:
+        return table[ids[:, -1]]
+
+    ids = torch.tensor([[0], [1], [2]])
+    g = greedy_search(fn, ids, max_new_tokens=6)
+    assert torch.equal(g, beam_search(fn, ids, num_beams=1, max_new_tokens=6))
+    b = beam_search(fn, ids, num_beams=3, max_new_tokens=6)
+    s = sample(fn, ids, max_new_tokens=6, top_p=0.9, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    for out in (g, b, s):
+        assert out.shape == (3, 7) and int(out.min()) >= 0 and int(out.max()) < 5
+    assert torch.equal(s, g)  # with gaps of ~1e4 the nucleus holds only the argmax

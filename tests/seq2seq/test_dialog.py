@@ -41,7 +41,7 @@ def test_segments_and_labels(tokenizer) -> None:
 def test_truncation_keeps_whole_utterances(lengths, max_len) -> None:
     tok = _TOK["t"]
     dialogue = [[7] * n for n in lengths]
-    ids, types, _ = DialogueLMCollator(tok, max_len=max_len).encode(dialogue)
+    ids, _types, _ = DialogueLMCollator(tok, max_len=max_len).encode(dialogue)
     assert len(ids) <= max_len
     kept = ids.count(tok.sep_token_id)
     assert len(ids) == 1 + sum(n + 1 for n in lengths[:kept])
@@ -77,7 +77,7 @@ def test_causality(tokenizer, kind: str) -> None:
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_reply_segment(tokenizer, n: int) -> None:
     model = DialogueLM(tiny_gpt2(tokenizer.vocab_size), tokenizer)
-    ids, types, seg = model.prompt(DIALOGUE[:n])
+    _ids, types, seg = model.prompt(DIALOGUE[:n])
     assert types[-1] == (n - 1) % 2 and seg == n % 2 == 1 - types[-1]
 
 
@@ -107,3 +107,10 @@ def test_training_step_and_errors(tokenizer) -> None:
         DialogueLMCollator(tokenizer, loss_on="replies")
     with pytest.raises(TypeError, match="'history'"):
         model.respond("just a string")
+
+
+def test_bert_causal_mask_is_unilm_mask_with_all_ones_segments() -> None:
+    from trainwell.nn.masks import causal_mask, unilm_mask
+
+    am = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    assert torch.equal(causal_mask(attention_mask=am), unilm_mask(torch.ones_like(am), am))

@@ -102,7 +102,7 @@ def test_safe_eval_bounds_allow_ordinary_large_values() -> None:
         safe_eval(3)  # type: ignore[arg-type]
 
 
-def _expr(draw_depth: int):  # noqa: ANN202
+def _expr(draw_depth: int):
     leaf = st.integers(1, 9).map(str)
     if draw_depth == 0:
         return leaf

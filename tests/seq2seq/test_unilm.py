@@ -28,7 +28,7 @@ def test_collator_layout_and_loss_weights(tokenizer) -> None:
     assert tt[0][am[0].bool()].tolist() == [0] * (len(src) + 2) + [1] * (len(tgt) + 1)
     assert (ids[0][~am[0].bool()] == pad).all() and (lab[0][~am[0].bool()] == -100).all()
     # the weight vector counts every target token plus the final [SEP]; pads contribute nothing
-    for i, (s, t) in enumerate([("1加2", "1+2"), ("12加345", "12+345")]):
+    for i, (_s, t) in enumerate([("1加2", "1+2"), ("12加345", "12+345")]):
         n_tgt = len(tokenizer.encode(t, add_special_tokens=False)) + 1
         assert int((lab[i] != -100).sum()) == n_tgt
     assert torch.equal(unilm_labels(ids, tt, am), lab)

@@ -24,7 +24,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def char_tokenizer(texts: Iterable[str], extra: str = "") -> Any:
-    """A ``BertTokenizerFast`` over the characters of ``texts`` (lower-cased), built without downloads."""
+    """A BERT tokenizer over the characters of ``texts`` (lower-cased), built without downloads."""
     import transformers
 
     chars: set[str] = set(extra)
@@ -36,7 +36,7 @@ def char_tokenizer(texts: Iterable[str], extra: str = "") -> Any:
     vocab = SPECIALS + ordered + ["##" + c for c in ordered if c.isalnum()]
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-        return transformers.BertTokenizerFast.from_pretrained(folder)
+        return transformers.BertTokenizer.from_pretrained(folder)
 
 
 def tiny_bert(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_len: int = 160,

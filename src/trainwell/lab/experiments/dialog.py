@@ -31,7 +31,8 @@ MAX_LEN = 128
 
 
 def _split(convs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
-    tr, te = [], []
+    tr: list[list[str]] = []
+    te: list[list[str]] = []
     for c in convs:
         (te if zlib.crc32("\n".join(c).encode("utf-8")) % 10 == 0 else tr).append(c)
     return tr, te

@@ -92,7 +92,8 @@ def _ape_sample(out_dir: Path) -> dict[str, Any]:
 def _accuracy(solver: Any, items: list[dict[str, Any]], batch: int = 128) -> tuple[float, float, list[Any]]:
     from trainwell.seq2seq.mathwp import answers_match
 
-    correct, parsed, examples = 0, 0, []
+    correct, parsed = 0, 0
+    examples: list[dict[str, Any]] = []
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
         outs = solver.solve_batch([it["question"] for it in chunk])
@@ -107,7 +108,13 @@ def _accuracy(solver: Any, items: list[dict[str, Any]], batch: int = 128) -> tup
 
 
 def run_seed(ctx: RunContext) -> SeedResult:
-    from trainwell.seq2seq import MathSolver, MathWordProblemDataset, Seq2SeqCollator, TeaForNLoss, UniLMSeq2Seq
+    from trainwell.seq2seq import (
+        MathSolver,
+        MathWordProblemDataset,
+        Seq2SeqCollator,
+        TeaForNLoss,
+        UniLMSeq2Seq,
+    )
 
     n_train = ctx.pick(tiny=30, quick=700, full=6000)
     n_test = ctx.pick(tiny=6, quick=30, full=400)
