@@ -196,3 +196,24 @@ def test_extreme_and_low_precision_logits(dtype: torch.dtype) -> None:
     for out in (g, b, s):
         assert out.shape == (3, 7) and int(out.min()) >= 0 and int(out.max()) < 5
     assert torch.equal(s, g)  # with gaps of ~1e4 the nucleus holds only the argmax
+
+
+def test_left_padded_batch_matches_transformers_and_unpadded_rows() -> None:
+    model = tiny_gpt2(vocab_size=40, eos=1)
+    with torch.no_grad():
+        model.transformer.wte.weight[1] *= 4
+    ids = torch.randint(2, 40, (3, 6), generator=torch.Generator().manual_seed(0))
+    am = torch.ones_like(ids)
+    am[0, :2] = 0
+    am[1, :4] = 0
+    ids[am == 0] = 1
+    for nb in (1, 3):
+        ours = generate(model, ids, attention_mask=am, max_new_tokens=8, num_beams=nb, eos_token_id=1, pad_token_id=1)
+        hf = model.generate(ids, attention_mask=am, max_new_tokens=8, num_beams=nb, do_sample=False, eos_token_id=1,
+                            pad_token_id=1)
+        assert torch.equal(ours, hf)
+        for r in range(3):
+            alone = generate(model, ids[r : r + 1, am[r].bool()], max_new_tokens=8, num_beams=nb, eos_token_id=1,
+                             pad_token_id=1)
+            n = alone.shape[1] - int(am[r].sum())
+            assert alone[0, -n:].tolist() == ours[r, 6 : 6 + n].tolist()
