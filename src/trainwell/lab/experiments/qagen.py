@@ -75,14 +75,14 @@ def run_seed(ctx: RunContext) -> SeedResult:
     if ctx.tiny:
         train_set = train_set[:60]
     test_set = test_set[:n_test]
-    steps = ctx.pick(tiny=4, quick=300, full=5000)
+    steps = ctx.pick(tiny=4, quick=400, full=5000)
     batch = ctx.pick(tiny=4, quick=32, full=32)
     hidden, layers = ctx.pick(tiny=(32, 1), quick=(128, 2), full=(256, 4))
     tok = char_tokenizer([s for t in triples for s in t[:3]])
     col = QAGenerationCollator(tok, max_p=100, max_a=16, max_q=110)
     model = UniLMSeq2Seq(tiny_bert(tok.vocab_size, hidden=hidden, layers=layers, max_len=256, seed=ctx.seed), tok)
     model.train()
-    curve, secs = train(model.parameters(), lambda items: model.loss(col(items)), train_set, steps, batch, 1e-3,
+    curve, secs = train(model.parameters(), lambda items: model.loss(col(items)), train_set, steps, batch, 3e-3,
                         ctx.seed, progress=ctx.progress, desc="qagen")
     model.eval()
     gen = QAPairGenerator(model, tok)
@@ -110,7 +110,7 @@ def run_seed(ctx: RunContext) -> SeedResult:
             ]
             ctx.log(f"seed {ctx.seed} {method}: span rate {values[method]:.3f}, answer EM {em[method]:.3f}")
     info = {"sizes": {"train": len(train_set), "test": len(test_set), "vocab": tok.vocab_size},
-            "config": {"steps": steps, "batch": batch, "hidden": hidden, "layers": layers},
+            "config": {"steps": steps, "batch": batch, "hidden": hidden, "layers": layers, "lr": 3e-3},
             "train_seconds": secs, "samples_answer_question": samples}
     return SeedResult(values=values, secondary={"answer exact match": em}, curves={"UniLM/train loss": curve}, info=info)
 
