@@ -197,6 +197,7 @@ EXPERIMENT = Experiment(
     reported="Ape210K BERT-base valid/test: beam 1 71.67/71.65, beam 2 71.81/72.27, beam 3 71.85/72.35; "
     "TeaForN: larger gains at larger beams (WMT14, CNN/DM, Gigaword)",
     seeds={"tiny": 1, "quick": 3, "full": 3},
+    default=False,  # about 9 CPU-minutes in quick mode: run it by name (`trainwell lab mathwp`)
     full_runtime="about 1.5 h on 2 CPU cores (width 256, 4 layers, 6,000 steps × 2 trainings × 3 seeds)",
     plot=_plot,
     threads=1,
