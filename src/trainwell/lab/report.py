@@ -192,12 +192,17 @@ def write_index(out: Path) -> Path:
             cells = "".join(
                 f"<td>{_fmt(secondary[k][m])}</td>" if m in secondary[k] else "<td>—</td>" for k in sec
             )
-            parts.append(f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td><td>{e(paired_ci_cell(r, m))}</td>{cells}</tr>")
+            parts.append(
+                f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td><td>{e(paired_ci_cell(r, m))}</td>{cells}</tr>"
+            )
         parts.append("</table>")
         for png in r.get("plots", []):
             parts.append(f"<img src='{folder}/{e(png)}' alt='{e(png)}'>")
-        parts.append(f"<p><a href='{folder}/table.md'>table.md</a> · <a href='{folder}/results.json'>results.json</a>"
-                     + (f" · source: {e(r['source'])}" if r.get("source") else "") + "</p></section>")
+        parts.append(
+            f"<p><a href='{folder}/table.md'>table.md</a> · <a href='{folder}/results.json'>results.json</a>"
+            + (f" · source: {e(r['source'])}" if r.get("source") else "")
+            + "</p></section>"
+        )
     parts.append("</body></html>")
     atomic_write_text(out / "index.html", "\n".join(parts))
     atomic_write_text(out / "results.md", results_markdown(results))

@@ -182,7 +182,9 @@ def run_seed(ctx: RunContext) -> SeedResult:
     from trainwell.nn import random_projection
 
     n_windows, n_tokens = ctx.pick(tiny=(1, 64), quick=(2, 128), full=(8, 256))
-    ms = ctx.pick(tiny=[32, 256], quick=[16, 64, 256, 1024], full=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+    ms = ctx.pick(
+        tiny=[32, 256], quick=[16, 64, 256, 1024], full=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    )
     ns = ctx.pick(tiny=[128, 256, 512], quick=[512, 1024, 2048, 4096], full=[1024, 2048, 4096, 8192, 16384])
     repeats = ctx.pick(tiny=1, quick=3, full=5)
     corpus, ids = load_windows(n_windows, n_tokens, offset=ctx.seed % 50 * n_windows)

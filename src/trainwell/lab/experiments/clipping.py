@@ -75,7 +75,9 @@ def _train(
             gn = math.sqrt(sum(float((g * g).sum()) for g in grads))
             if prev is not None:
                 dg = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(grads, prev[1])))
-                dw = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip((w.detach() for w in ws), prev[0])))
+                dw = math.sqrt(
+                    sum(float(((a - b) ** 2).sum()) for a, b in zip((w.detach() for w in ws), prev[0]))
+                )
                 if dw > 0 and gn > 0:
                     smooth.append((gn, dg / dw))
             prev = ([w.detach().clone() for w in ws], [g.clone() for g in grads])
@@ -149,7 +151,9 @@ def run_seed(ctx: RunContext) -> SeedResult:
             "steps": steps,
             "chosen": {names[m]: {"lr": best[m][2], "gamma": best[m][3]} for m in ("gd", "hard", "soft")},
             "corr_log_smoothness_log_gradnorm": corr,
-            "smoothness_vs_gradnorm": [[round(a, 6), round(b, 6)] for a, b in smooth[:: max(1, len(smooth) // 200)]],
+            "smoothness_vs_gradnorm": [
+                [round(a, 6), round(b, 6)] for a, b in smooth[:: max(1, len(smooth) // 200)]
+            ],
             "theta4": _theta4(),
         },
     )

@@ -87,8 +87,15 @@ def tune_per_class_thresholds(prob: Tensor, target: Tensor, grid: Tensor = GRID)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Dropout(0.2), nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(hidden, d_out),
+    )
 
 
 @torch.no_grad()
@@ -162,12 +169,19 @@ def run_seed(ctx: RunContext) -> SeedResult:
     return SeedResult(
         values={m: micro[m] for m in METHODS},
         secondary={"macro-F1": macro},
-        curves={"ZLPR (t=0)/test micro-F1 per epoch": zlpr_curve, "BCE (t=0.5)/test micro-F1 per epoch": bce_curve},
-        info={"split": [int(data.y_train.shape[0]), int(data.y_val.shape[0]), int(data.y_test.shape[0])],
-              "bce_global_threshold": t_global, "bce_per_class_thresholds": [round(float(t), 2) for t in t_class],
-              "zlpr_tuned_threshold_sigma2s": t_zlpr,
-              "zlpr_tuned_threshold_score": 0.5 * math.log(t_zlpr / (1 - t_zlpr)),
-              "early_stop_epoch": {"zlpr": zlpr_epoch, "bce": bce_epoch}, "settings": dict(SETTINGS[ctx.mode])},
+        curves={
+            "ZLPR (t=0)/test micro-F1 per epoch": zlpr_curve,
+            "BCE (t=0.5)/test micro-F1 per epoch": bce_curve,
+        },
+        info={
+            "split": [int(data.y_train.shape[0]), int(data.y_val.shape[0]), int(data.y_test.shape[0])],
+            "bce_global_threshold": t_global,
+            "bce_per_class_thresholds": [round(float(t), 2) for t in t_class],
+            "zlpr_tuned_threshold_sigma2s": t_zlpr,
+            "zlpr_tuned_threshold_score": 0.5 * math.log(t_zlpr / (1 - t_zlpr)),
+            "early_stop_epoch": {"zlpr": zlpr_epoch, "bce": bce_epoch},
+            "settings": dict(SETTINGS[ctx.mode]),
+        },
     )
 
 

@@ -444,7 +444,9 @@ def _effects_md(res: dict[str, Any], effects: dict[str, dict[str, Any]], focus: 
     noisy = [m for m in focus if m in effects and effects[m]["within_noise"]]
     lines += ["", "Claim methods: " + ", ".join(focus) + "."]
     if noisy:
-        lines.append("Within seed noise: " + ", ".join(noisy) + " — the sign of Δ is not established by this run.")
+        lines.append(
+            "Within seed noise: " + ", ".join(noisy) + " — the sign of Δ is not established by this run."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -207,7 +207,12 @@ def _run_seed(ctx: RunContext) -> SeedResult:
             curves[f"{method}/unlabeled loss"] = r["unl_curve"]
         best[method] = r["best_step"]
     info = {
-        "sizes": {"labeled": n_lab, "unlabeled": len(x_unl), "dev": len(full.x_dev), "test": len(full.x_test)},
+        "sizes": {
+            "labeled": n_lab,
+            "unlabeled": len(x_unl),
+            "dev": len(full.x_dev),
+            "test": len(full.x_test),
+        },
         "labeled_positive": int(y_lab.sum()),
         "config": cfg.__dict__,
         "hparams": HPARAMS,
