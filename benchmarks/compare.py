@@ -192,7 +192,8 @@ def scale(quick: bool) -> None:
           f"{compute:.1f} s, median cell {1e3 * statistics.median(durations):.1f} ms; per-cell overhead "
           f"{1e3 * overhead:.1f} ms (no-op Ray task: {1e3 * floor:.1f} ms), driver-side statistics included")
     print(
-        "\nPrediction: greedy list scheduling of the measured cell times + the per-cell overhead on W workers, "
+        "\nPrediction: greedy list scheduling of the measured cell times + the per-cell overhead on W "
+        "workers, "
         "never below the no-op floor × cells (driver-bound).\n"
     )
     rows = []

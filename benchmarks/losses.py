@@ -203,7 +203,8 @@ targets / add a `validate=False` flag).
 
 
 def write_zlpr_profile(logits: Tensor, target: Tensor, L: Any, ours: H.Result, bce: H.Result) -> None:
-    """When the dense target is missed: a per-operator CPU profile to /tmp/zlpr_perf.md for the losses owner."""
+    """When the dense target is missed: a per-operator CPU profile to /tmp/zlpr_perf.md for the losses
+    owner."""
     from torch.profiler import ProfilerActivity, profile
 
     def step() -> None:
@@ -226,7 +227,8 @@ def write_zlpr_profile(logits: Tensor, target: Tensor, L: Any, ours: H.Result, b
     assert ours.timing is not None and bce.timing is not None
     text = (
         "# Dense ZLPR vs BCEWithLogits — benchmark note (written by benchmarks/losses.py)\n\n"
-        f"Target: ZLPR fwd+bwd ≤ 1.2 × BCEWithLogits on [{B}, {C}]. Measured {ours.timing.median_ms:.2f} ms vs "
+        f"Target: ZLPR fwd+bwd ≤ 1.2 × BCEWithLogits on [{B}, {C}]. Measured {ours.timing.median_ms:.2f} ms "
+        "vs "
         f"{bce.timing.median_ms:.2f} ms = {ours.timing.median_ms / bce.timing.median_ms:.2f}× "
         f"({torch.get_num_threads()} threads; machine may be noisy).\n\n"
         + ANALYSIS

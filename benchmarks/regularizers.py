@@ -155,7 +155,8 @@ def trainwell_steps(net: Net, ids: Tensor, mask: Tensor, y: Tensor) -> dict[str,
 def bert4torch_steps(
     net: Net, ids: Tensor, mask: Tensor, y: Tensor, vat_alpha: float = 1.0
 ) -> dict[str, Callable[[], Any]]:
-    """name -> zero_grad + bert4torch AdversarialTraining.train_step (torch4keras Trainer does fwd/loss/bwd)."""
+    """name -> zero_grad + bert4torch AdversarialTraining.train_step (torch4keras Trainer does
+    fwd/loss/bwd)."""
     H.import_bert4torch()
     from bert4torch.callbacks import AdversarialTraining
     from torch4keras.trainer import Trainer
@@ -409,7 +410,8 @@ def timing_table(args: Any) -> list[bool]:
     r = by.get("trainwell GP exact")
     if r is not None and r.timing is not None:
         print(
-            f"- Exact GP (double backprop) / plain step: {r.timing.median_ms / base_ms:.2f}× (reported, no target)"
+            f"- Exact GP (double backprop) / plain step: {r.timing.median_ms / base_ms:.2f}× (reported, no "
+            "target)"
         )
     print()
     return met

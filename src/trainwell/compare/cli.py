@@ -144,7 +144,11 @@ def _print_table(result: Any, console: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``trainwell compare CONFIG.toml [--out DIR] [--seeds N] [--workers N] [--backend B] [--no-progress]``."""
+    """The ``trainwell compare`` console command.
+
+    Usage: ``trainwell compare CONFIG.toml [--out DIR] [--seeds N] [--workers N] [--backend B]
+    [--no-progress]``.
+    """
     p = argparse.ArgumentParser(prog="trainwell compare",
                                 description="Compare training techniques on your task: a technique × seed "
                                 "grid with paired bootstrap CIs, cost ratios and an HTML report.")

@@ -215,7 +215,8 @@ class CompareResult:
             cls = {"helps": "yes", "hurts": "no"}.get(e["verdict"], "")
             rows.append(
                 f"<tr><td>{esc(e['technique'])}</td><td>{_f(e['mean'])}</td><td>{_f(e['diff'], '+.4f')}</td>"
-                f"<td>[{_f(e['ci_low'], '+.4f')}, {_f(e['ci_high'], '+.4f')}]</td><td>{_f(e['p_value'], '.3f')}</td>"
+                f"<td>[{_f(e['ci_low'], '+.4f')}, "
+                f"{_f(e['ci_high'], '+.4f')}]</td><td>{_f(e['p_value'], '.3f')}</td>"
                 f"<td>{_f(e['p_adjusted'], '.3f')}</td><td class='{cls}'>{esc(e['verdict'])}</td>"
                 f"<td>{_f(e['time_ratio'], '.2f')}</td><td>{_f(e['peak_memory_ratio'], '.2f')}</td>"
                 f"<td>{e['n_seeds']}</td></tr>"
@@ -254,21 +255,28 @@ class CompareResult:
                 "text-align:left}.yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}"
                 "pre{background:#f6f8fa;padding:.6em;overflow:auto}</style></head><body>",
                 "<h1>trainwell compare</h1>",
-                f"<p>Metric <b>{esc(self.metric)}</b> ({'higher' if self.higher_is_better else 'lower'} is better); "
-                f"baseline <b>{esc(self.baseline)}</b>: {_f(m)} ± {_f(sd)} over {n} seeds. Each seed gives every "
-                "technique the same initial weights and data order; Δ is the mean of the per-seed differences, "
-                "the CI a 95% percentile bootstrap (10,000 seeded resamples), p the exact sign-flip permutation "
+                f"<p>Metric <b>{esc(self.metric)}</b> ({'higher' if self.higher_is_better else 'lower'} is "
+                "better); "
+                f"baseline <b>{esc(self.baseline)}</b>: {_f(m)} ± {_f(sd)} over {n} seeds. Each seed gives "
+                "every "
+                "technique the same initial weights and data order; Δ is the mean of the per-seed "
+                "differences, "
+                "the CI a 95% percentile bootstrap (10,000 seeded resamples), p the exact sign-flip "
+                "permutation "
                 "test, Holm-adjusted over the techniques. Verdict: the CI excludes 0.</p>",
                 self._forest_svg(),
-                "<h2>Effects</h2><table><tr><th>technique</th><th>mean</th><th>Δ</th><th>95% CI</th><th>p</th>"
+                "<h2>Effects</h2><table><tr><th>technique</th><th>mean</th><th>Δ</th><th>95% "
+                "CI</th><th>p</th>"
                 "<th>p (Holm)</th><th>verdict</th><th>time ×</th><th>memory ×</th><th>seeds</th></tr>",
                 *rows,
                 "</table>",
-                "<h2>Cost</h2><table><tr><th>technique</th><th>train seconds (mean)</th><th>peak memory MiB (mean)"
+                "<h2>Cost</h2><table><tr><th>technique</th><th>train seconds (mean)</th><th>peak memory MiB "
+                "(mean)"
                 "</th><th>cells ok</th></tr>",
                 *cost,
                 "</table>",
-                "<p>Peak memory: the CUDA allocator's peak on GPU; on CPU the bytes autograd saves for backward in "
+                "<p>Peak memory: the CUDA allocator's peak on GPU; on CPU the bytes autograd saves for "
+                "backward in "
                 "the first steps plus parameters, gradients and optimizer state.</p>",
                 "<h2>Per seed</h2><table>",
                 *per_seed,

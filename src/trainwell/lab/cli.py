@@ -1,4 +1,5 @@
-"""``trainwell`` console script: ``trainwell lab [EXPERIMENT ...] [--quick|--full|--tiny] [--seeds N] [--out DIR]``.
+"""``trainwell`` console script:
+``trainwell lab [EXPERIMENT ...] [--quick|--full|--tiny] [--seeds N] [--out DIR]``.
 
 Examples::
 
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         errors = import_errors()
         print(
-            f"trainwell lab: unknown experiment(s) {', '.join(unknown)}; available: {', '.join(reg) or '(none)'}",
+            f"trainwell lab: unknown experiment(s) {', '.join(unknown)}; available: "
+            f"{', '.join(reg) or '(none)'}",
             file=sys.stderr,
         )
         for n in unknown:

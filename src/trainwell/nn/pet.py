@@ -403,7 +403,8 @@ class PETClassifier:
         v_model = _model_vocab(mlm_model)
         if v_model is not None and len(tokenizer) > v_model:
             raise ValueError(
-                f"{fn}(): the tokenizer does not match the model: it has {len(tokenizer)} tokens but the model's "
+                f"{fn}(): the tokenizer does not match the model: it has {len(tokenizer)} tokens but the "
+                "model's "
                 f"vocabulary has {v_model}"
             )
         self.model, self.tokenizer, self.pattern, self.verbalizer = mlm_model, tokenizer, pattern, verbalizer
@@ -444,7 +445,8 @@ class PETClassifier:
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Label log scores ``[N, C]``: ``logsumexp`` over a label's words of ``Σ_j log p(v_j)`` at the slots."""
+        """Label log scores ``[N, C]``: ``logsumexp`` over a label's words of ``Σ_j log p(v_j)`` at the
+        slots."""
         fn = "PETClassifier.score"
         texts = self._check_texts(texts, fn)
         check_int("batch_size", batch_size, fn=fn, min=1)
@@ -489,7 +491,8 @@ class PETClassifier:
         return torch.stack(cols, -1)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Class probabilities ``[N, C]``: the label scores normalised over the labels (softmax of :meth:`score`)."""
+        """Class probabilities ``[N, C]``: the label scores normalised over the labels (softmax of
+        :meth:`score`)."""
         return torch.softmax(self.score(texts, batch_size=batch_size), dim=-1)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[Hashable]:

@@ -9,7 +9,8 @@ dynamics, so the data only provide a realistic design matrix; the exact ``θ⁴`
 run alongside (``info['theta4']``).
 
 Methods (each tuned on a learning-rate grid; clipped ones also over the threshold γ; reported is the
-best final loss over the grid (quick: γ ∈ {10, 100}; full: {3, 10, 30, 100}), as in the paper's "well-tuned fixed step" baseline):
+best final loss over the grid (quick: γ ∈ {10, 100}; full: {3, 10, 30, 100}), as in the paper's "well-tuned
+fixed step" baseline):
 - ``GD (tuned)``: plain gradient descent;
 - ``hard clip (tuned)``: ``g·min(1, γ/‖g‖)`` via :func:`trainwell.optim.clip_grad_norm_`;
 - ``soft clip (tuned)``: ``g·γ/(‖g‖+γ)`` (``mode="soft"``);

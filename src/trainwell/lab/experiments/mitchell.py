@@ -150,7 +150,8 @@ EXPERIMENT = Experiment(
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7991; Mitchell 1962; arXiv:2012.03458",
-    reported="Relative error of the product ≤ 1/9 ≈ 11.1%; division ≤ 12.5%; 12.3 × 4.56 ≈ 53.68 (exact 56.088).",
+    reported="Relative error of the product ≤ 1/9 ≈ 11.1%; division ≤ 12.5%; 12.3 × 4.56 ≈ 53.68 (exact "
+             "56.088).",
     seeds={"tiny": 1, "quick": 1, "full": 1},
     full_runtime="≈10 s (exact sweep; full adds 10^7 random float32 pairs)",
     plot=_plot,

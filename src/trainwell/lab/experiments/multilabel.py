@@ -7,7 +7,8 @@ is on par with sigmoid + binary cross-entropy whose threshold was tuned on a val
 Protocol: Yeast (2417 genes × 103 features, 14 labels; ``river.datasets.Yeast``), split 60/20/20 into
 train/val/test by seed, features standardised on train. One MLP (103 → 256 → 256 → 14, ReLU, dropout
 0.2), Adam (lr 1e-3, weight decay 1e-4), batch 64, up to 20 epochs (40 in full mode) keeping the
-weights of the epoch with the lowest validation loss (each model's own loss: threshold-free early stopping, same rule for
+weights of the epoch with the lowest validation loss (each model's own loss: threshold-free early stopping,
+same rule for
 both); the same initial weights and batch order for both losses within a seed. Methods:
 
 * ``ZLPR (t=0)`` — ``multilabel_categorical_crossentropy``, predict ``s > 0``; nothing tuned.
@@ -204,10 +205,12 @@ EXPERIMENT = Experiment(
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7359; Su et al. arXiv:2208.02955",
-    reported="Post 7359: 'comparable to binary BCE with carefully tuned class weights' on several multi-label "
+    reported="Post 7359: 'comparable to binary BCE with carefully tuned class weights' on several "
+             "multi-label "
     "tasks, no threshold to tune (no numbers given).",
     seeds={"tiny": 1, "quick": 5, "full": 10},
     version="3",
     threads=1,  # small models: one thread is nearly as fast and never stalls a busy machine
-    full_runtime="about 1 min single-threaded (10 seeds, about 4 s CPU each; quick mode measured 2.2-3.8 s per seed)",
+    full_runtime="about 1 min single-threaded (10 seeds, about 4 s CPU each; quick mode measured 2.2-3.8 s "
+                 "per seed)",
 )

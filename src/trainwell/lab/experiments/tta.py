@@ -85,7 +85,8 @@ def load_corpus(vocab: int, max_len: int, n_test: int) -> Corpus:
 
 
 class MLMEncoder(nn.Module):
-    """BERT-style MLM of the same shape as :class:`~trainwell.nn.TTAEncoder` (layer outputs feed the next layer)."""
+    """BERT-style MLM of the same shape as :class:`~trainwell.nn.TTAEncoder` (layer outputs feed the next
+    layer)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
                  intermediate_size: int, max_position: int, dropout: float) -> None:
@@ -264,7 +265,8 @@ def _run_seed(ctx: RunContext) -> SeedResult:
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """T-TA's held-out accuracy above the MLM's by more than the pooled seed std (the rate is checked in info)."""
+    """T-TA's held-out accuracy above the MLM's by more than the pooled seed std (the rate is checked in
+    info)."""
     if not all(m in stats for m in METHODS):
         return False
     return stats["T-TA"].clearly_above(stats["MLM"])
@@ -274,7 +276,8 @@ EXPERIMENT = Experiment(
     name="tta",
     title="T-TA vs same-size MLM on KJV verses at equal wall time: predict-token-i-from-the-rest accuracy",
     metric="held-out accuracy of p(x_i | rest)",
-    claim="T-TA trains every position in one pass and, at equal wall time, predicts held-out tokens from their "
+    claim="T-TA trains every position in one pass and, at equal wall time, predicts held-out tokens from "
+          "their "
     "context better than a same-size 15%-masking MLM (judged: accuracy gap beyond the pooled seed std; the "
     "signal-token rate is reported alongside).",
     methods=METHODS,

@@ -202,7 +202,8 @@ EXPERIMENT = Experiment(
     title="Maximising accuracy directly: REINFORCE vs zeroth-order vs CE (digits, linear softmax)",
     metric="test accuracy (cosine rows: cosine)",
     claim=(
-        "The zeroth-order gradient of argmax accuracy points where the policy gradient points (cosine ≥ 0.7 of "
+        "The zeroth-order gradient of argmax accuracy points where the policy gradient points (cosine ≥ 0.7 "
+        "of "
         "averaged estimates) and both optimise accuracy directly to the same level (within 0.05), well above "
         "the initial model."
     ),
