@@ -193,8 +193,7 @@ def scale(quick: bool) -> None:
           f"{1e3 * overhead:.1f} ms (no-op Ray task: {1e3 * floor:.1f} ms), driver-side statistics included")
     print(
         "\nPrediction: greedy list scheduling of the measured cell times + the per-cell overhead on W "
-        "workers, "
-        "never below the no-op floor × cells (driver-bound).\n"
+        "workers, never below the no-op floor × cells (driver-bound).\n"
     )
     rows = []
     for w in (1, 2, 8, 32, 128, 256):

@@ -163,8 +163,7 @@ def small_encoder_table(args: Any) -> None:
             "full-batch InfoNCE",
             title=(
                 f"Small encoder: BERT 2 layers hidden 64 ({n_params / 1e6:.2f}M params), {n_pairs} pairs × "
-                f"{seq} tokens, "
-                f"τ = {TAU}, float32; diffs vs float64 full-batch gradient"
+                f"{seq} tokens, τ = {TAU}, float32; diffs vs float64 full-batch gradient"
             ),
         )
     )
@@ -281,8 +280,8 @@ def minilm_table(args: Any) -> None:
     if ours.timing and theirs.timing and ours.peak_bytes and theirs.peak_bytes:
         print(
             "- trainwell GradCache / ST CachedMNRL: time "
-            f"{ours.timing.median_ms / theirs.timing.median_ms:.2f}×, "
-            f"peak memory {ours.peak_bytes / theirs.peak_bytes:.2f}×"
+            f"{ours.timing.median_ms / theirs.timing.median_ms:.2f}×, peak memory "
+            f"{ours.peak_bytes / theirs.peak_bytes:.2f}×"
         )
     print()
 

@@ -226,9 +226,8 @@ def write_zlpr_profile(logits: Tensor, target: Tensor, L: Any, ours: H.Result, b
                       f"{prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15)}\n```\n")
     assert ours.timing is not None and bce.timing is not None
     text = (
-        "# Dense ZLPR vs BCEWithLogits — benchmark note (written by benchmarks/losses.py)\n\n"
-        f"Target: ZLPR fwd+bwd ≤ 1.2 × BCEWithLogits on [{B}, {C}]. Measured {ours.timing.median_ms:.2f} ms "
-        "vs "
+        "# Dense ZLPR vs BCEWithLogits — benchmark note (written by benchmarks/losses.py)\n\nTarget: ZLPR "
+        f"fwd+bwd ≤ 1.2 × BCEWithLogits on [{B}, {C}]. Measured {ours.timing.median_ms:.2f} ms vs "
         f"{bce.timing.median_ms:.2f} ms = {ours.timing.median_ms / bce.timing.median_ms:.2f}× "
         f"({torch.get_num_threads()} threads; machine may be noisy).\n\n"
         + ANALYSIS

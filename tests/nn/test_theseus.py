@@ -284,9 +284,9 @@ def test_hf_train_p1_equals_successor_stack() -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="does not reproduce on this toy: over seeds 8-10, lr 1e-3/3e-3 and a switch "
-    "to p=1 after 150/250 of 300 steps, the successor trained alone always ends with the lower "
-    "validation loss (e.g. 0.26 vs 0.60); strict, so a change that makes it pass is noticed",
+    reason="does not reproduce on this toy: over seeds 8-10, lr 1e-3/3e-3 and a switch to p=1 after 150/250 "
+    "of 300 steps, the successor trained alone always ends with the lower validation loss (e.g. 0.26 vs "
+    "0.60); strict, so a change that makes it pass is noticed",
 )
 def test_smoke_theseus_beats_successor_trained_alone() -> None:
     """Toy teacher of residual MLP blocks compressed 4:1 on a synthetic regression task (spec §3.6,

@@ -66,8 +66,8 @@ def run_local(task: Task, cells: Sequence[Cell], workers: int, on_result: OnResu
         fail(
             "compare",
             "task",
-            "picklable for backend='local' with workers >= 1 (define make_model, evaluate "
-            "and loss_fn at module level), or run with workers=0 or backend='ray'",
+            "picklable for backend='local' with workers >= 1 (define make_model, evaluate and loss_fn at "
+            "module level), or run with workers=0 or backend='ray'",
             f"{type(e).__name__}: {e}",
             exc=TypeError,
         )

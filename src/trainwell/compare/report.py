@@ -191,8 +191,8 @@ class CompareResult:
                 parts.append(f"<circle cx='{x(d):.1f}' cy='{y + 7:.1f}' r='2.5' fill='#333' opacity='0.7'/>")
             if not math.isnan(e["diff"]):
                 parts.append(
-                    f"<rect x='{x(e['diff']) - 4:.1f}' y='{y - 4:.1f}' width='8' height='8' fill='{c}'>"
-                    f"<title>{esc(e['technique'])}: Δ {e['diff']:+.4g} [{e['ci_low']:+.4g}, "
+                    f"<rect x='{x(e['diff']) - 4:.1f}' y='{y - 4:.1f}' width='8' height='8' "
+                    f"fill='{c}'><title>{esc(e['technique'])}: Δ {e['diff']:+.4g} [{e['ci_low']:+.4g}, "
                     f"{e['ci_high']:+.4g}]</title></rect>"
                 )
         ya = top + rows * rh + 8
@@ -256,28 +256,23 @@ class CompareResult:
                 "pre{background:#f6f8fa;padding:.6em;overflow:auto}</style></head><body>",
                 "<h1>trainwell compare</h1>",
                 f"<p>Metric <b>{esc(self.metric)}</b> ({'higher' if self.higher_is_better else 'lower'} is "
-                "better); "
-                f"baseline <b>{esc(self.baseline)}</b>: {_f(m)} ± {_f(sd)} over {n} seeds. Each seed gives "
-                "every "
-                "technique the same initial weights and data order; Δ is the mean of the per-seed "
-                "differences, "
-                "the CI a 95% percentile bootstrap (10,000 seeded resamples), p the exact sign-flip "
-                "permutation "
-                "test, Holm-adjusted over the techniques. Verdict: the CI excludes 0.</p>",
+                f"better); baseline <b>{esc(self.baseline)}</b>: {_f(m)} ± {_f(sd)} over {n} seeds. Each "
+                "seed gives every technique the same initial weights and data order; Δ is the mean of the "
+                "per-seed differences, the CI a 95% percentile bootstrap (10,000 seeded resamples), p the "
+                "exact sign-flip permutation test, Holm-adjusted over the techniques. Verdict: the CI "
+                "excludes 0.</p>",
                 self._forest_svg(),
                 "<h2>Effects</h2><table><tr><th>technique</th><th>mean</th><th>Δ</th><th>95% "
-                "CI</th><th>p</th>"
-                "<th>p (Holm)</th><th>verdict</th><th>time ×</th><th>memory ×</th><th>seeds</th></tr>",
+                "CI</th><th>p</th><th>p (Holm)</th><th>verdict</th><th>time ×</th><th>memory "
+                "×</th><th>seeds</th></tr>",
                 *rows,
                 "</table>",
                 "<h2>Cost</h2><table><tr><th>technique</th><th>train seconds (mean)</th><th>peak memory MiB "
-                "(mean)"
-                "</th><th>cells ok</th></tr>",
+                "(mean)</th><th>cells ok</th></tr>",
                 *cost,
                 "</table>",
                 "<p>Peak memory: the CUDA allocator's peak on GPU; on CPU the bytes autograd saves for "
-                "backward in "
-                "the first steps plus parameters, gradients and optimizer state.</p>",
+                "backward in the first steps plus parameters, gradients and optimizer state.</p>",
                 "<h2>Per seed</h2><table>",
                 *per_seed,
                 "</table>",

@@ -73,10 +73,8 @@ def _from_4d(mask: Tensor, causal: bool, n_q: int) -> tuple[Tensor | None, bool]
         if not bool((allowed == (tri & pad.unsqueeze(-2))).all()):
             raise ValueError(
                 "replace_attention(): FAVOR+ has no attention matrix, so it applies only key padding and "
-                "plain "
-                "causal masks; got a general [B, 1, T, T] attention_mask (e.g. a UniLM or T-TA mask). Run "
-                "the "
-                "exact model for such masks (restore_attention)"
+                "plain causal masks; got a general [B, 1, T, T] attention_mask (e.g. a UniLM or T-TA mask). "
+                "Run the exact model for such masks (restore_attention)"
             )
         causal = True
     pad = pad[:, 0] if pad.dim() == 3 else pad
@@ -212,10 +210,8 @@ def replace_attention(
     if not targets:
         raise ValueError(
             f"{fn}(): found no BERT/RoBERTa-style attention module (query/key/value linears dispatched "
-            "through "
-            f"transformers' attention registry) in {type(model).__name__}; supported: BERT, RoBERTa and "
-            "their "
-            "relatives in transformers 5.x"
+            f"through transformers' attention registry) in {type(model).__name__}; supported: BERT, RoBERTa "
+            "and their relatives in transformers 5.x"
         )
     _register()
     ref = next(model.parameters(), None)

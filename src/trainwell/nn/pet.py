@@ -404,8 +404,7 @@ class PETClassifier:
         if v_model is not None and len(tokenizer) > v_model:
             raise ValueError(
                 f"{fn}(): the tokenizer does not match the model: it has {len(tokenizer)} tokens but the "
-                "model's "
-                f"vocabulary has {v_model}"
+                f"model's vocabulary has {v_model}"
             )
         self.model, self.tokenizer, self.pattern, self.verbalizer = mlm_model, tokenizer, pattern, verbalizer
         self.max_length, self.mode = max_length, mode

@@ -163,8 +163,7 @@ EXPERIMENT = Experiment(
     metric="test accuracy",
     claim=(
         "At a small micro-batch, Adam with built-in accumulation matches buffer accumulation (within 1 "
-        "point), "
-        "both are at least as good as LR gating alone, and gating alone beats plain small-batch Adam."
+        "point), both are at least as good as LR gating alone, and gating alone beats plain small-batch Adam."
     ),
     methods=METHODS,
     run_seed=run_seed,

@@ -281,17 +281,14 @@ EXPERIMENT = Experiment(
     title="FAVOR+ on MiniLM's real queries/keys: ORF vs iid vs raw QR, positive vs trig; time vs n",
     metric="row-L1 attention error at m=256",
     claim="Haar ORF beats i.i.d. features and positive beats trig features in approximation error; FAVOR+ "
-          "time "
-    "scales linearly past the crossover (judged: ORF and trig gaps beyond the pooled seed std, FAVOR+ "
-    "log-log "
-    "slope < 1.3 and below exact attention's).",
+          "time scales linearly past the crossover (judged: ORF and trig gaps beyond the pooled seed std, "
+          "FAVOR+ log-log slope < 1.3 and below exact attention's).",
     methods=[*METHODS, SLOPE_FAVOR, SLOPE_EXACT],
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7921; arXiv:2009.14794; arXiv:1703.00864",
     reported="paper: ORF < iid and positive < trig in attention-matrix MSE; linear time past n ≈ 1-2k on "
-             "GPU; "
-    "post: only worthwhile for n ≳ 5000",
+             "GPU; post: only worthwhile for n ≳ 5000",
     seeds={"tiny": 1, "quick": 3, "full": 5},
     higher_is_better=False,
     full_runtime="about 15 min on 2 CPU cores (8 windows × 256 tokens, m up to 4096, n up to 16384)",

@@ -206,8 +206,7 @@ EXPERIMENT = Experiment(
     judge=judge,
     source="kexue.fm/archives/7359; Su et al. arXiv:2208.02955",
     reported="Post 7359: 'comparable to binary BCE with carefully tuned class weights' on several "
-             "multi-label "
-    "tasks, no threshold to tune (no numbers given).",
+             "multi-label tasks, no threshold to tune (no numbers given).",
     seeds={"tiny": 1, "quick": 5, "full": 10},
     version="3",
     threads=1,  # small models: one thread is nearly as fast and never stalls a busy machine

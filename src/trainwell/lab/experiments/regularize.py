@@ -496,9 +496,9 @@ EXPERIMENT = Experiment(
     title="Regularizers vs plain training: char-CNN on Chinese sentiment (quick), MiniLM on Pang & Lee "
           "(full)",
     metric="test_acc",
-    claim="FGM adversarial training and the input-gradient penalty each beat the plain baseline "
-    "(post: +1–2 points with BERT on CLUE); judged as the 95% paired-bootstrap CI of FGM − baseline and of "
-    "GP − baseline (per seed) each above 0.",
+    claim="FGM adversarial training and the input-gradient penalty each beat the plain baseline (post: +1–2 "
+    "points with BERT on CLUE); judged as the 95% paired-bootstrap CI of FGM − baseline and of GP − baseline "
+    "(per seed) each above 0.",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
@@ -509,8 +509,8 @@ EXPERIMENT = Experiment(
     "TNEWS 56.58, 57.66, 57.81, 57.51",
     seeds={"tiny": 1, "quick": 3, "full": 3},
     full_runtime="about 40 min on 2 CPU cores (estimated, not measured end to end: MiniLM fine-tuned on 800 "
-                 "Pang & Lee "
-    "sentences, 2 epochs, 7 methods × 3 seeds; 1,180 CPU-s per seed from a timed probe of the full path)",
+                 "Pang & Lee sentences, 2 epochs, 7 methods × 3 seeds; 1,180 CPU-s per seed from a timed "
+                 "probe of the full path)",
     plot=_plot,
     version="3",
 )

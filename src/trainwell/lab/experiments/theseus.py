@@ -291,16 +291,14 @@ EXPERIMENT = Experiment(
     title="BERT-of-Theseus: 6-layer char BERT on Chinese sentiment compressed to 3 and 2 layers",
     metric="test_acc",
     claim="A 3-layer Theseus successor beats fine-tuning the first 3 pretrained layers directly and keeps "
-          "most "
-    "of the teacher; judged as Theseus-3 above direct-3 by more than the pooled seed std and "
-    "Theseus-3 − direct-3 > ½ (teacher − direct-3).",
+          "most of the teacher; judged as Theseus-3 above direct-3 by more than the pooled seed std and "
+          "Theseus-3 − direct-3 > ½ (teacher − direct-3).",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7575; arXiv:2002.02925",
     reported="CLUE iflytek accuracy, BERT-base: teacher 12 layers 60.11, direct first-6 58.99, direct "
-             "first-3 57.96, "
-    "Theseus 6 layers 59.61, Theseus 3 layers 59.36",
+             "first-3 57.96, Theseus 6 layers 59.61, Theseus 3 layers 59.36",
     seeds={"tiny": 1, "quick": 3, "full": 5},
     full_runtime="estimated 2-3 h on 2 CPU cores (6,000-step MLM pretraining of a 128-wide 6-layer BERT, "
     "then per seed 12,155 reviews × (3 + 5 + 5 + 5 + 5) epochs at 64 characters); not run here",

@@ -277,9 +277,8 @@ EXPERIMENT = Experiment(
     title="T-TA vs same-size MLM on KJV verses at equal wall time: predict-token-i-from-the-rest accuracy",
     metric="held-out accuracy of p(x_i | rest)",
     claim="T-TA trains every position in one pass and, at equal wall time, predicts held-out tokens from "
-          "their "
-    "context better than a same-size 15%-masking MLM (judged: accuracy gap beyond the pooled seed std; the "
-    "signal-token rate is reported alongside).",
+          "their context better than a same-size 15%-masking MLM (judged: accuracy gap beyond the pooled "
+          "seed std; the signal-token rate is reported alongside).",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,

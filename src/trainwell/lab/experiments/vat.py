@@ -254,9 +254,9 @@ EXPERIMENT = Experiment(
     title="Semi-supervised sentiment, few labels: VAT on unlabeled text vs labeled only (char-CNN quick, "
           "MiniLM full)",
     metric="test_acc",
-    claim="Adding the VAT loss on unlabeled reviews beats training on the 1% labeled reviews alone "
-    "(post, BERT: test 89.34 → 90.37); judged as the 95% paired-bootstrap CI of VAT − labeled only (per "
-    "seed) above 0.",
+    claim="Adding the VAT loss on unlabeled reviews beats training on the 1% labeled reviews alone (post, "
+    "BERT: test 89.34 → 90.37); judged as the 95% paired-bootstrap CI of VAT − labeled only (per seed) above "
+    "0.",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
@@ -264,9 +264,8 @@ EXPERIMENT = Experiment(
     reported="dev / test: no VAT 88.93 / 89.34, VAT 89.83 / 90.37, R-Drop 90.37 / 90.14 (BERT, 1% labeled)",
     seeds={"tiny": 1, "quick": 3, "full": 3},
     full_runtime="about 33 min on 2 CPU cores (estimated, not measured end to end: MiniLM, 300 labels + "
-                 "2,500 unlabeled "
-    "Pang & Lee sentences, 152 steps, 3 methods × 3 seeds; ≈ 980 CPU-s per seed from a timed probe of the "
-    "full path)",
+                 "2,500 unlabeled Pang & Lee sentences, 152 steps, 3 methods × 3 seeds; ≈ 980 CPU-s per seed "
+                 "from a timed probe of the full path)",
     plot=_plot,
     version="3",
 )

@@ -203,9 +203,8 @@ EXPERIMENT = Experiment(
     metric="test accuracy (cosine rows: cosine)",
     claim=(
         "The zeroth-order gradient of argmax accuracy points where the policy gradient points (cosine ≥ 0.7 "
-        "of "
-        "averaged estimates) and both optimise accuracy directly to the same level (within 0.05), well above "
-        "the initial model."
+        "of averaged estimates) and both optimise accuracy directly to the same level (within 0.05), well "
+        "above the initial model."
     ),
     methods=METHODS,
     run_seed=run_seed,
