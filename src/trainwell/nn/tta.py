@@ -284,11 +284,10 @@ def tta_from_bert(
     """Build a :class:`TTAEncoder` from a Hugging Face BERT's embeddings and its first ``num_layers`` layers.
 
     Copies the word/position embeddings and the embedding LayerNorm (used for both ``KV = LN(E + P + T_0)``
-    and ``Q_0 = LN(P + T_0 + e_q)``; the segment-0 embedding ``T_0`` is folded into the position table),
-    every layer's q/k/v/o projections, LayerNorms and FFN weights (:class:`TTALayer` with ``query = kv`` is
-    exactly the BERT layer). ``e_q`` is the ``[MASK]`` embedding (``mask_token_id``; zeros if not given), as
-    in
-    the reference code. The output layer is tied to the word embeddings (BERT's MLM transform is not used).
+    and ``Q_0 = LN(P + T_0 + e_q)``; the segment-0 embedding ``T_0`` is folded into the position table), every
+    layer's q/k/v/o projections, LayerNorms and FFN weights (:class:`TTALayer` with ``query = kv`` is exactly
+    the BERT layer). ``e_q`` is the ``[MASK]`` embedding (``mask_token_id``; zeros if not given), as in the
+    reference code. The output layer is tied to the word embeddings (BERT's MLM transform is not used).
 
     Args:
         bert: a ``BertModel`` or a model with a ``.bert`` attribute (``BertForMaskedLM``, ...).

@@ -68,17 +68,16 @@ the baseline by more than 2 SE. These are three seeds of a small model on 1,200 
 of the effects is uncertain: on the probe seeds 1–3 FGM and GP gained only +0.3 test points (+1.0 /
 +0.6 dev).
 
-Full mode (``--full``) fine-tunes the packaged MiniLM on the English Pang & Lee sentence polarity set
-instead, where the posts made their claim (methods baseline, FGM, PGD, GP, fast GP, R-Drop, flooding; 3
-seeds; see :mod:`trainwell.lab.experiments._finetune`). The earlier char-CNN full setting trained on the
-whole training split (12,155 reviews, 100 characters, 64-d embeddings, 128 filters) for 8 epochs; the
-baseline peaks at ≈ 82.5% dev accuracy by epoch 3 and then
-over-fits mildly. A one-seed probe of that setting (128 characters, seed 1234; not a full run) gave
-test / dev accuracy: baseline 81.8 / 82.6, FGM 83.2 / 83.5, GP 82.5 / 83.5, R-Drop 82.8 / 83.1 — the
-post's direction, of unknown reliability from one seed. Caveat (architecture notes): the post's
-gains are for fine-tuning a pretrained BERT; a small model trained from scratch tends to show
-differences within seed noise — hence the MiniLM full mode (about 40 minutes on 2 CPU cores with 800
-training sentences, estimated from a timed probe).
+Full mode (``--full``) fine-tunes the packaged MiniLM on the English Pang & Lee sentence polarity set instead,
+where the posts made their claim (methods baseline, FGM, PGD, GP, fast GP, R-Drop, flooding; 3 seeds; see
+:mod:`trainwell.lab.experiments._finetune`). The earlier char-CNN full setting trained on the whole training
+split (12,155 reviews, 100 characters, 64-d embeddings, 128 filters) for 8 epochs; the baseline peaks at ≈
+82.5% dev accuracy by epoch 3 and then over-fits mildly. A one-seed probe of that setting (128 characters,
+seed 1234; not a full run) gave test / dev accuracy: baseline 81.8 / 82.6, FGM 83.2 / 83.5, GP 82.5 / 83.5,
+R-Drop 82.8 / 83.1 — the post's direction, of unknown reliability from one seed. Caveat (architecture notes):
+the post's gains are for fine-tuning a pretrained BERT; a small model trained from scratch tends to show
+differences within seed noise — hence the MiniLM full mode (about 40 minutes on 2 CPU cores with 800 training
+sentences, estimated from a timed probe).
 """
 
 from __future__ import annotations
