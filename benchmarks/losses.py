@@ -203,8 +203,7 @@ targets / add a `validate=False` flag).
 
 
 def write_zlpr_profile(logits: Tensor, target: Tensor, L: Any, ours: H.Result, bce: H.Result) -> None:
-    """When the dense target is missed: a per-operator CPU profile to /tmp/zlpr_perf.md for the losses
-    owner."""
+    """Dense target missed: a per-operator CPU profile to /tmp/zlpr_perf.md (for the losses owner)."""
     from torch.profiler import ProfilerActivity, profile
 
     def step() -> None:

@@ -155,8 +155,7 @@ def trainwell_steps(net: Net, ids: Tensor, mask: Tensor, y: Tensor) -> dict[str,
 def bert4torch_steps(
     net: Net, ids: Tensor, mask: Tensor, y: Tensor, vat_alpha: float = 1.0
 ) -> dict[str, Callable[[], Any]]:
-    """name -> zero_grad + bert4torch AdversarialTraining.train_step (torch4keras Trainer does
-    fwd/loss/bwd)."""
+    """name -> zero_grad + bert4torch AdversarialTraining.train_step (torch4keras: fwd/loss/bwd)."""
     H.import_bert4torch()
     from bert4torch.callbacks import AdversarialTraining
     from torch4keras.trainer import Trainer

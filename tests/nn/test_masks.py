@@ -1,5 +1,4 @@
-"""Mask properties (models.md §0.1, §0.3, §2.2): written out by loops in the tests, compared to the
-library."""
+"""Mask properties (models.md §0.1, §0.3, §2.2): written out by loops here, compared to the library."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""PET: pattern building, label scores, collator masking, few/zero-shot on a tiny random MLM (models.md
-§4.6)."""
+"""PET (models.md §4.6): pattern building, label scores, collator masking, few/zero-shot on a tiny MLM."""
 
 from __future__ import annotations
 
@@ -291,8 +290,7 @@ def test_few_shot_fit_learns_the_cloze(tok) -> None:
 
 @pytest.mark.slow
 def test_zero_shot_from_mlm_pretraining_only(tok) -> None:
-    """A tiny MLM pretrained on text where a cue co-occurs with 很/不 before 满意 classifies by pattern
-    alone."""
+    """A tiny MLM, pretrained where a cue co-occurs with 很/不 before 满意, classifies by pattern alone."""
     pos_cues, neg_cues = ["好", "便宜", "快"], ["差", "贵", "慢"]
     subj = ["服务", "质量", "价格", "送货", "书店"]
     g = torch.Generator().manual_seed(0)

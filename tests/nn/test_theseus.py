@@ -289,8 +289,7 @@ def test_hf_train_p1_equals_successor_stack() -> None:
     "0.60); strict, so a change that makes it pass is noticed",
 )
 def test_smoke_theseus_beats_successor_trained_alone() -> None:
-    """Toy teacher of residual MLP blocks compressed 4:1 on a synthetic regression task (spec §3.6,
-    optional)."""
+    """Toy teacher of residual MLP blocks compressed 4:1 on synthetic regression (spec §3.6, optional)."""
     torch.manual_seed(8)
     d = 16
     teacher = Toy(8, d=d)

@@ -95,8 +95,7 @@ def run_local(task: Task, cells: Sequence[Cell], workers: int, on_result: OnResu
 def _ray_cell(
     paths: list[str], task_blob: bytes, tech_blob: bytes, seed: int, threads: int
 ) -> dict[str, Any]:
-    """A Ray task: extend ``sys.path`` like the driver's (where those folders exist here), then run the
-    cell."""
+    """A Ray task: extend ``sys.path`` like the driver's (folders that exist here), then run the cell."""
     for p in paths:
         if p not in sys.path and os.path.isdir(p):
             sys.path.append(p)

@@ -144,8 +144,7 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
 
 
 def write_index(out: Path) -> Path:
-    """Write ``<out>/index.html`` (links to every experiment's table, results.json and plots) and
-    results.md."""
+    """Write ``<out>/index.html`` (links to each experiment's table, results.json, plots) and results.md."""
     out = Path(out)
     results = collect(out)
     e = html.escape

@@ -231,8 +231,7 @@ def replace_attention(
 
 
 def restore_attention(model: nn.Module) -> nn.Module:
-    """Undo :func:`replace_attention`: drop the FAVOR+ cores and restore the previous attention
-    implementation."""
+    """Undo :func:`replace_attention`: drop the FAVOR+ cores and restore the previous attention code."""
     fn = "restore_attention"
     check_module("model", model, fn=fn)
     if not hasattr(model, _PREVIOUS):

@@ -444,8 +444,7 @@ class PETClassifier:
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Label log scores ``[N, C]``: ``logsumexp`` over a label's words of ``Σ_j log p(v_j)`` at the
-        slots."""
+        """Label log scores ``[N, C]``: ``logsumexp`` over a label's words of ``Σ_j log p(v_j)`` (slots)."""
         fn = "PETClassifier.score"
         texts = self._check_texts(texts, fn)
         check_int("batch_size", batch_size, fn=fn, min=1)
@@ -490,8 +489,7 @@ class PETClassifier:
         return torch.stack(cols, -1)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Class probabilities ``[N, C]``: the label scores normalised over the labels (softmax of
-        :meth:`score`)."""
+        """Class probabilities ``[N, C]``: the softmax of :meth:`score` over the labels."""
         return torch.softmax(self.score(texts, batch_size=batch_size), dim=-1)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[Hashable]:

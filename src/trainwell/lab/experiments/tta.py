@@ -85,8 +85,7 @@ def load_corpus(vocab: int, max_len: int, n_test: int) -> Corpus:
 
 
 class MLMEncoder(nn.Module):
-    """BERT-style MLM of the same shape as :class:`~trainwell.nn.TTAEncoder` (layer outputs feed the next
-    layer)."""
+    """BERT-style MLM shaped like :class:`~trainwell.nn.TTAEncoder` (layer outputs feed the next layer)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
                  intermediate_size: int, max_position: int, dropout: float) -> None:
@@ -265,8 +264,7 @@ def _run_seed(ctx: RunContext) -> SeedResult:
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """T-TA's held-out accuracy above the MLM's by more than the pooled seed std (the rate is checked in
-    info)."""
+    """T-TA's held-out accuracy above the MLM's by more than the pooled seed std (rate checked in info)."""
     if not all(m in stats for m in METHODS):
         return False
     return stats["T-TA"].clearly_above(stats["MLM"])
