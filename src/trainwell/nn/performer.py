@@ -241,9 +241,8 @@ def favor_features(
         stabilize: subtract the max (turn off only to test that it cancels).
         attention_mask: optional ``[..., n]`` key mask (1/True = real token), keys only.
         causal: keys of causal attention: ``ε`` is anchored to the first position's scale,
-            ``φ(k_j) = m^{-1/2} (exp(a_j − c) + ε·exp(min(a_0^max − c, 0)))``, so the sequence max ``c``
-            (which
-            depends on future tokens) cancels exactly, ε term included.
+            ``φ(k_j) = m^{-1/2} (exp(a_j − c) + ε·exp(min(a_0^max − c, 0)))``, so the sequence max
+            ``c`` (which depends on future tokens) cancels exactly, ε term included.
 
     Shape:
         ``[..., n, m]`` (``[..., n, 2m]`` for hyperbolic and trig), float32 for half inputs.
@@ -389,11 +388,10 @@ def favor_attention(
 
     ``φ`` = :func:`favor_features` applied to ``q/d^{1/4}`` and ``k/d^{1/4}`` (pass *unscaled* q, k), so
     ``φ(q)·φ(k)`` estimates ``exp(q·k/√d)`` without bias and the output estimates softmax attention.
-    Causal: ``out_i = φ(q_i)·S_i / φ(q_i)·z_i`` with ``S_i = Σ_{j<=i} φ(k_j) v_jᵀ``,
-        ``z_i = Σ_{j<=i} φ(k_j)``,
-    computed over chunks of ``chunk_size`` positions: per-chunk blocks ``φ(K_c)ᵀV_c``, an exclusive cumsum
-    over chunks, and the within-chunk part as one batched lower-triangular matmul — memory
-    O(n·m + (n/c)·m·d_v + n·c), autograd through plain torch ops.
+    Causal: ``out_i = φ(q_i)·S_i / φ(q_i)·z_i`` with ``S_i = Σ_{j<=i} φ(k_j) v_jᵀ`` and
+    ``z_i = Σ_{j<=i} φ(k_j)``, computed over chunks of ``chunk_size`` positions: per-chunk blocks
+    ``φ(K_c)ᵀV_c``, an exclusive cumsum over chunks, and the within-chunk part as one batched
+    lower-triangular matmul — memory O(n·m + (n/c)·m·d_v + n·c), autograd through plain torch ops.
 
     Computed in float32 for half/bfloat16 inputs (float64 stays float64); returned in ``v``'s dtype.
     The key stabiliser is one max over the whole sequence. It cancels exactly; in causal mode the key ``eps``

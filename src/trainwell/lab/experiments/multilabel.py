@@ -7,9 +7,9 @@ is on par with sigmoid + binary cross-entropy whose threshold was tuned on a val
 Protocol: Yeast (2417 genes × 103 features, 14 labels; ``river.datasets.Yeast``), split 60/20/20 into
 train/val/test by seed, features standardised on train. One MLP (103 → 256 → 256 → 14, ReLU, dropout
 0.2), Adam (lr 1e-3, weight decay 1e-4), batch 64, up to 20 epochs (40 in full mode) keeping the
-weights of the epoch with the lowest validation loss (each model's own loss: threshold-free early stopping,
-same rule for
-both); the same initial weights and batch order for both losses within a seed. Methods:
+weights of the epoch with the lowest validation loss (each model's own loss: threshold-free early
+stopping, same rule for both); the same initial weights and batch order for both losses within a seed.
+Methods:
 
 * ``ZLPR (t=0)`` — ``multilabel_categorical_crossentropy``, predict ``s > 0``; nothing tuned.
 * ``BCE (t=0.5)`` — ``BCEWithLogits``, predict ``σ(s) > 0.5``.

@@ -31,9 +31,9 @@ anything). ``paired.md`` gives the paired per-seed differences with their spread
 
 Modes: tiny (seconds; a 32-wide MLM pretrained for a few steps; proves the pipeline). Quick: 64-wide
 MLM (6 layers, 32 characters) pretrained for 800 steps (batch 64, lr 2e-3), then 1,500 labelled
-reviews, batch 64, lr 1e-3, teacher 4 epochs, Theseus 2 + 2 epochs, direct 4 epochs; 3 seeds. Full: 128-wide
-MLM pretrained for 6,000 steps on
-64-character texts, the whole training split, teacher 3 epochs, Theseus 3 + 2, direct 5; 5 seeds.
+reviews, batch 64, lr 1e-3, teacher 4 epochs, Theseus 2 + 2 epochs, direct 4 epochs; 3 seeds. Full:
+128-wide MLM pretrained for 6,000 steps on 64-character texts, the whole training split, teacher 3
+epochs, Theseus 3 + 2, direct 5; 5 seeds.
 
 Quick run (seeds 1234-1236, test accuracy, mean ± std; a machine shared with other jobs, 791 s wall
 of which ≈ 400 s the one-off pretraining, cached afterwards): teacher 71.28 ± 0.95, direct-3 68.87 ±

@@ -1,5 +1,4 @@
-"""Semi-supervised Chinese sentiment with 1% labels: virtual adversarial training (and R-Drop) vs
-labeled-only.
+"""Semi-supervised Chinese sentiment, 1% labels: virtual adversarial training (and R-Drop) vs labeled-only.
 
 Claim checked (kexue.fm/archives/7466, repeated in 8496; BERT, Chinese sentiment, 1% of ~20k training
 reviews labeled, the rest unlabeled, mean of 3 runs): adding the VAT loss on unlabeled batches beats
@@ -255,8 +254,8 @@ EXPERIMENT = Experiment(
           "MiniLM full)",
     metric="test_acc",
     claim="Adding the VAT loss on unlabeled reviews beats training on the 1% labeled reviews alone (post, "
-    "BERT: test 89.34 → 90.37); judged as the 95% paired-bootstrap CI of VAT − labeled only (per seed) above "
-    "0.",
+    "BERT: test 89.34 → 90.37); judged as the 95% paired-bootstrap CI of VAT − labeled only (per seed) "
+    "above 0.",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
