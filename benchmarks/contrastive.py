@@ -1,5 +1,4 @@
-"""Contrastive-loss benchmarks: exact chunked gradient (GradCache) vs full-batch InfoNCE and
-sentence-transformers.
+"""Contrastive benchmarks: exact chunked gradient (GradCache) vs full-batch InfoNCE and sentence-transformers.
 
 Run: ``.venv/bin/python benchmarks/contrastive.py [--quick] [--threads N] [--repeats N] [--no-minilm]``.
 
@@ -203,8 +202,8 @@ def minilm_table(args: Any) -> None:
         )
     except ImportError as err:
         print(
-            f"### MiniLM vs sentence-transformers\n\nskipped: {err} (install with `pip install -e "
-            "'.[bench]'`)\n"
+            f"### MiniLM vs sentence-transformers\n\nskipped: {err} "
+            "(install with `pip install -e '.[bench]'`)\n"
         )
         return
     n_pairs, mini = (64, 16) if args.quick else (128, 16)
