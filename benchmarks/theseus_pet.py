@@ -42,9 +42,17 @@ import _harness as H
 def _bert(layers: int) -> Any:
     import transformers
 
-    cfg = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                                  intermediate_size=128, max_position_embeddings=128, num_labels=2,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return transformers.BertForSequenceClassification(cfg)
 
 
@@ -137,7 +145,9 @@ def timing_table(args: Any) -> list[bool]:
     t_ours, t_both = timings["trainwell compress"], timings["both branches (mix)"]
     met = []
     if not isinstance(t_ours, Exception) and not isinstance(t_both, Exception):
-        met.append(H.print_target("compress step / both-branches step", t_ours.median_ms / t_both.median_ms, 0.8))
+        met.append(
+            H.print_target("compress step / both-branches step", t_ours.median_ms / t_both.median_ms, 0.8)
+        )
     return met
 
 
@@ -148,12 +158,21 @@ def pet_table(args: Any) -> list[bool]:
 
     chars = list("很不满意。服务质量好差价格贵便宜快慢送货书店的了是")
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n")
+        (Path(d) / "vocab.txt").write_text(
+            "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n"
+        )
         tok = transformers.BertTokenizerFast.from_pretrained(d)
     torch.manual_seed(0)
-    mlm = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=128)).eval()
+    mlm = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+        )
+    ).eval()
     g = random.Random(0)
     texts = ["".join(g.choice(chars[5:]) for _ in range(g.randint(10, 40))) for _ in range(256)]
     clf = PETClassifier(mlm, tok, Pattern("[MASK]满意。{text}"), Verbalizer({1: "很", 0: "不"}))

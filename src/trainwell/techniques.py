@@ -674,7 +674,7 @@ def _check_keys(tech: Technique, params: Mapping[str, Any], fn: str) -> None:
 
 
 def parse_technique_spec(spec: str) -> tuple[str, dict[str, list[Any]]]:
-    """Split ``"name:k=v1,v2:k2=v"`` into ``(name, {k: [v1, v2], k2: [v]})`` (values parsed, never evaluated)."""
+    """Split ``"name:k=v1,v2:k2=v"`` into ``(name, {k: [v1, v2], k2: [v]})`` (parsed, never evaluated)."""
     fn = "parse_technique_spec"
     if not isinstance(spec, str):
         fail(fn, "spec", "a str like 'fgm:epsilon=0.3,1.0'", spec, exc=TypeError)

@@ -7,8 +7,15 @@ from trainwell.lab.report import paired_ci_cell, paired_ci_header, results_markd
 
 
 def _res(values: dict[str, list[float]]) -> dict:
-    return {"experiment": "toy", "metric": "acc", "claim": "c", "claim_holds": True, "mode": "quick", "seeds": 3,
-            "results": {m: {"mean": sum(v) / len(v), "std": 0.0, "values": v} for m, v in values.items()}}
+    return {
+        "experiment": "toy",
+        "metric": "acc",
+        "claim": "c",
+        "claim_holds": True,
+        "mode": "quick",
+        "seeds": 3,
+        "results": {m: {"mean": sum(v) / len(v), "std": 0.0, "values": v} for m, v in values.items()},
+    }
 
 
 def test_report_cell_is_the_paired_bootstrap_ci() -> None:

@@ -55,16 +55,22 @@ def test_cli_runs_a_config_and_writes_the_report(tmp_path: Path) -> None:
     assert all(c.get("cached") for c in json.loads((tmp_path / "out" / "results.json").read_text())["runs"])
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ('[task]\nfactory = "mytask"\n[compare]\ntechniques = ["fgm"]\n', "task.factory"),
-    ('[task]\nfactory = "m:f"\n[compare]\ntechniques = []\n', "compare.techniques"),
-    ('[task]\nfactory = "m:f"\n[compare]\ntechniques = ["fgm"]\nseeds = 1\n', "compare.seeds"),
-    ('[task]\nfactory = "m:f"\n[compare]\ntechniques = ["fgm"]\nworkers = "two"\n', "compare.workers"),
-    ('[task]\nfactory = "m:f"\n[compare]\ntechniques = ["fgm"]\nsedes = 3\n', "compare.sedes"),
-    ('[task]\nfactory = "no_such_module_xyz:f"\n[compare]\ntechniques = ["fgm"]\n', "task.factory"),
-    ('[task]\nfactory = "__import__(\'os\').system(\'x\'):f"\n[compare]\ntechniques = ["fgm"]\n', "task.factory"),
-    ('task = 3 +\n', "TOML"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('[task]\nfactory = "mytask"\n[compare]\ntechniques = ["fgm"]\n', "task.factory"),
+        ('[task]\nfactory = "m:f"\n[compare]\ntechniques = []\n', "compare.techniques"),
+        ('[task]\nfactory = "m:f"\n[compare]\ntechniques = ["fgm"]\nseeds = 1\n', "compare.seeds"),
+        ('[task]\nfactory = "m:f"\n[compare]\ntechniques = ["fgm"]\nworkers = "two"\n', "compare.workers"),
+        ('[task]\nfactory = "m:f"\n[compare]\ntechniques = ["fgm"]\nsedes = 3\n', "compare.sedes"),
+        ('[task]\nfactory = "no_such_module_xyz:f"\n[compare]\ntechniques = ["fgm"]\n', "task.factory"),
+        (
+            "[task]\nfactory = \"__import__('os').system('x'):f\"\n[compare]\ntechniques = [\"fgm\"]\n",
+            "task.factory",
+        ),
+        ("task = 3 +\n", "TOML"),
+    ],
+)
 def test_cli_bad_configs_name_the_field(tmp_path: Path, capsys, body: str, field: str) -> None:
     from trainwell.lab.cli import main
 

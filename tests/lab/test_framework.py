@@ -43,9 +43,19 @@ def _toy_judge(stats: dict[str, MethodStats]) -> bool:
 
 
 def _make_toy(version: str = "1", judge=_toy_judge) -> Experiment:
-    return Experiment(name="toy", title="Toy experiment", metric="score", claim="b beats a", methods=["a", "b"],
-                      run_seed=_toy_run_seed, judge=judge, source="nowhere", reported="b > a",
-                      seeds={"tiny": 1, "quick": 2, "full": 3}, version=version)
+    return Experiment(
+        name="toy",
+        title="Toy experiment",
+        metric="score",
+        claim="b beats a",
+        methods=["a", "b"],
+        run_seed=_toy_run_seed,
+        judge=judge,
+        source="nowhere",
+        reported="b > a",
+        seeds={"tiny": 1, "quick": 2, "full": 3},
+        version=version,
+    )
 
 
 TOY = _make_toy()

@@ -48,7 +48,9 @@ def test_balanced_accuracy_matches_sklearn():
     assert np.allclose(per[:5].numpy(), [(pred[target == c] == c).float().mean() for c in range(5)])
 
 
-@pytest.mark.parametrize(("la", "posthoc", "holds"), [(0.8, 0.79, True), (0.8, 0.7, False), (0.69, 0.8, False)])
+@pytest.mark.parametrize(
+    ("la", "posthoc", "holds"), [(0.8, 0.79, True), (0.8, 0.7, False), (0.69, 0.8, False)]
+)
 def test_judge_needs_both_adjustments_above_ce(la, posthoc, holds):
     stats = {"CE": MethodStats([0.70, 0.72]), "reweight": MethodStats([0.75]), "focal": MethodStats([0.7]),
              "LA loss": MethodStats([la]), "post-hoc LA": MethodStats([posthoc])}

@@ -70,7 +70,9 @@ def _stats(zlpr, tuned):
             "BCE (tuned t)": MethodStats(tuned), "BCE (per-class t)": MethodStats([0.62, 0.62])}
 
 
-@pytest.mark.parametrize(("zlpr", "holds"), [([0.66, 0.66], True), ([0.652, 0.652], True), ([0.64, 0.64], False)])
+@pytest.mark.parametrize(
+    ("zlpr", "holds"), [([0.66, 0.66], True), ([0.652, 0.652], True), ([0.64, 0.64], False)]
+)
 def test_judge_on_par_within_one_point(zlpr, holds):
     assert ml.judge(_stats(zlpr, [0.661, 0.661])) is holds
 

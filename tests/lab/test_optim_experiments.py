@@ -77,7 +77,12 @@ def test_judges_are_not_trivially_true() -> None:
     acc[accumulation.PLAIN] = s(0.85)
     assert accumulation.judge(acc) is False
     # clipping: GD at the clipping lr not diverging must fail
-    clip = {"GD (tuned)": s(0.2), "hard clip (tuned)": s(-0.7), "soft clip (tuned)": s(-0.6), "GD at clip lr": s(1.0)}
+    clip = {
+        "GD (tuned)": s(0.2),
+        "hard clip (tuned)": s(-0.7),
+        "soft clip (tuned)": s(-0.6),
+        "GD at clip lr": s(1.0),
+    }
     assert clipping.judge(clip) is False
     clip["GD at clip lr"] = s(clipping.DIVERGED)
     assert clipping.judge(clip) is True

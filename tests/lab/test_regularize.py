@@ -73,7 +73,9 @@ def test_effect_sizes_paired_statistics() -> None:
     assert e["within_noise"] is False  # 0.02 > 2·0.00577
     noisy = effect_sizes({"baseline": base, "y": MethodStats([0.83, 0.68, 0.76])})["y"]
     assert noisy["within_noise"] is True
-    assert effect_sizes({"baseline": MethodStats([0.8]), "z": MethodStats([0.9])})["z"]["within_noise"] is None
+    assert (
+        effect_sizes({"baseline": MethodStats([0.8]), "z": MethodStats([0.9])})["z"]["within_noise"] is None
+    )
 
 
 def test_model_masks_padding() -> None:

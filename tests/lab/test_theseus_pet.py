@@ -64,7 +64,9 @@ def test_pet_judge_and_label_sample() -> None:
     from trainwell.lab.experiments.pet import _sample_labels, judge
 
     assert judge({"PET few-shot": _s(0.80, 0.82), "fine-tune": _s(0.80, 0.81), "PET zero-shot": _s(0.5, 0.5)})
-    assert not judge({"PET few-shot": _s(0.78, 0.80), "fine-tune": _s(0.80, 0.81), "PET zero-shot": _s(0.9, 0.9)})
+    assert not judge(
+        {"PET few-shot": _s(0.78, 0.80), "fine-tune": _s(0.80, 0.81), "PET zero-shot": _s(0.9, 0.9)}
+    )
     texts, labels = _sample_labels(200, seed=3)
     assert len(texts) == 200 and sum(labels) == 100 and len(set(texts)) == 200
     assert _sample_labels(200, seed=3) == (texts, labels) and _sample_labels(200, seed=4)[0] != texts

@@ -1,4 +1,4 @@
-"""Mask properties (models.md §0.1, §0.3, §2.2): written out by loops in the tests, compared to the library."""
+"""Mask properties (models.md §0.1, §0.3, §2.2): written out by loops here, compared to the library."""
 
 from __future__ import annotations
 
@@ -50,9 +50,13 @@ def test_unilm_without_mask_and_bool_segments():
 def test_causal_and_tta_and_padding():
     att = torch.tensor([[1, 1, 0]])
     assert torch.equal(causal_mask(3), torch.ones(3, 3, dtype=torch.bool).tril())
-    assert torch.equal(causal_mask(attention_mask=att)[0], torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 0]]).bool())
+    assert torch.equal(
+        causal_mask(attention_mask=att)[0], torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 0]]).bool()
+    )
     assert torch.equal(tta_mask(3), ~torch.eye(3, dtype=torch.bool))
-    assert torch.equal(tta_mask(attention_mask=att)[0], torch.tensor([[0, 1, 0], [1, 0, 0], [1, 1, 0]]).bool())
+    assert torch.equal(
+        tta_mask(attention_mask=att)[0], torch.tensor([[0, 1, 0], [1, 0, 0], [1, 1, 0]]).bool()
+    )
     assert torch.equal(padding_mask(att)[0], torch.tensor([[1, 1, 0]] * 3).bool())
     assert tta_mask(0).shape == (0, 0)
 
@@ -83,7 +87,11 @@ def test_masked_softmax_fully_masked_rows_are_zero_not_nan():
 
 def test_masked_attention_equals_sdpa_where_rows_are_nonempty():
     torch.manual_seed(0)
-    q, k, v = torch.randn(2, 2, 5, 8, dtype=torch.float64), torch.randn(2, 2, 6, 8, dtype=torch.float64), torch.randn(2, 2, 6, 3, dtype=torch.float64)
+    q, k, v = (
+        torch.randn(2, 2, 5, 8, dtype=torch.float64),
+        torch.randn(2, 2, 6, 8, dtype=torch.float64),
+        torch.randn(2, 2, 6, 3, dtype=torch.float64),
+    )
     mask = torch.rand(2, 1, 5, 6) > 0.3
     mask[..., 0] = True
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -153,7 +153,9 @@ def test_chunked_equals_unchunked_and_approximates_causal_softmax() -> None:
     p = random_projection(4096, 16, dtype=D64, generator=torch.Generator().manual_seed(0))
     full = favor_attention(q, k, v, p, causal=True, chunk_size=100)
     for c in (3, 32, 128):
-        torch.testing.assert_close(favor_attention(q, k, v, p, causal=True, chunk_size=c), full, atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            favor_attention(q, k, v, p, causal=True, chunk_size=c), full, atol=1e-12, rtol=0
+        )
     exact = masked_attention(q, k, v, causal_mask(100))
     assert float((full - exact).abs().mean()) < 0.02
 
@@ -294,9 +296,17 @@ def test_per_head_projection_broadcasts() -> None:
         (lambda q, p: favor_attention(q, q[..., :8], q, p), ValueError, "last dim equals q's"),
         (lambda q, p: favor_attention(q, q, q[:, :, :5], p), ValueError, "argument 'v'"),
         (lambda q, p: favor_attention(q, q, q, p[:, :8]), ValueError, "projection"),
-        (lambda q, p: favor_attention(q, q, q, p, attention_mask=torch.ones(2, 7)), ValueError, "attention_mask"),
+        (
+            lambda q, p: favor_attention(q, q, q, p, attention_mask=torch.ones(2, 7)),
+            ValueError,
+            "attention_mask",
+        ),
         (lambda q, p: favor_attention(q, q, q, p, attention_mask=torch.ones(5, 10)), ValueError, "broadcast"),
-        (lambda q, p: favor_attention(q, q[:, :, :4], q[:, :, :4], p, causal=True), ValueError, "as many queries"),
+        (
+            lambda q, p: favor_attention(q, q[:, :, :4], q[:, :, :4], p, causal=True),
+            ValueError,
+            "as many queries",
+        ),
         (lambda q, p: favor_attention(q, q, q, p, chunk_size=0), ValueError, "chunk_size"),
         (lambda q, p: favor_attention(q, q, q, p, eps=-1.0), ValueError, "eps"),
         (lambda q, p: favor_attention(q.long(), q, q, p), TypeError, "argument 'q'"),

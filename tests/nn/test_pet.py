@@ -1,4 +1,4 @@
-"""PET: pattern building, label scores, collator masking, few/zero-shot on a tiny random MLM (models.md §4.6)."""
+"""PET (models.md §4.6): pattern building, label scores, collator masking, few/zero-shot on a tiny MLM."""
 
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ def _manual_scores(model, tok, pattern, words: dict, texts: list[str]) -> torch.
         row = []
         for ws in words.values():
             ws = [ws] if isinstance(ws, str) else ws
-            per = [sum(float(lp[m, v]) for m, v in zip(pos, tok.encode(w, add_special_tokens=False))) for w in ws]
+            per = [
+                sum(float(lp[m, v]) for m, v in zip(pos, tok.encode(w, add_special_tokens=False))) for w in ws
+            ]
             row.append(math.log(sum(math.exp(s) for s in per)))
         out.append(row)
     return torch.tensor(out, dtype=torch.float64)
@@ -112,8 +114,14 @@ def test_score_equals_manual_log_prob_sum_single_and_multi_token(tok) -> None:
                 ids, pos = pattern.build(tok, t, n_masks=L)
                 with torch.no_grad():
                     pr = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
-                probs.append([math.prod(float(pr[m, v]) for m, v in zip(pos, tok.encode(w, add_special_tokens=False)))
-                              for w in words.values()])
+                probs.append(
+                    [
+                        math.prod(
+                            float(pr[m, v]) for m, v in zip(pos, tok.encode(w, add_special_tokens=False))
+                        )
+                        for w in words.values()
+                    ]
+                )
             prod = torch.tensor(probs, dtype=torch.float64)
             torch.testing.assert_close(got.double().exp(), prod, rtol=1e-4, atol=1e-12)
             assert torch.equal(prod.argmax(-1), got.argmax(-1))
@@ -141,7 +149,9 @@ def test_pet_log_scores_direct() -> None:
     got = pet_log_scores(lp, pos, words)
     for b in range(2):
         want0 = lp[b, pos[b, 0], 0] + lp[b, pos[b, 1], 1]
-        want1 = torch.logaddexp(lp[b, pos[b, 0], 2] + lp[b, pos[b, 1], 3], lp[b, pos[b, 0], 4] + lp[b, pos[b, 1], 5])
+        want1 = torch.logaddexp(
+            lp[b, pos[b, 0], 2] + lp[b, pos[b, 1], 3], lp[b, pos[b, 0], 4] + lp[b, pos[b, 1], 5]
+        )
         torch.testing.assert_close(got[b], torch.stack([want0, want1]))
 
 
@@ -200,7 +210,9 @@ def test_collator_slots_targets_and_unlabelled(tok) -> None:
     untouched = b2["labels"][0, :n] == -100
     assert torch.equal(b2["input_ids"][0, :n][untouched], raw[untouched])
     assert bool((b2["labels"][0, :n][~untouched] == raw[~untouched]).all())
-    assert b2["input_ids"][1, 1] == tok.mask_token_id and b2["labels"][1, 1] == tok.convert_tokens_to_ids("很")
+    assert b2["input_ids"][1, 1] == tok.mask_token_id and b2["labels"][1, 1] == tok.convert_tokens_to_ids(
+        "很"
+    )
 
 
 def test_collator_masking_rates(tok) -> None:
@@ -210,7 +222,9 @@ def test_collator_masking_rates(tok) -> None:
     col = PETCollator(tok, pattern, v, mlm_probability=0.15, max_length=64, generator=gen)
     rng = torch.Generator().manual_seed(1)
     body = [c for c in CHARS if c not in "很不"]
-    texts = ["".join(body[i] for i in torch.randint(len(body), (60,), generator=rng).tolist()) for _ in range(1800)]
+    texts = [
+        "".join(body[i] for i in torch.randint(len(body), (60,), generator=rng).tolist()) for _ in range(1800)
+    ]
     n_eligible = n_chosen = n_mask = n_same = n_rand = 0
     for k in range(0, len(texts), 200):
         chunk = texts[k : k + 200]
@@ -245,7 +259,9 @@ def test_mismatched_tokenizer_and_bad_arguments(tok) -> None:
     with pytest.raises(TypeError, match=r"'texts'"):
         clf.score("服务很好")
     with pytest.raises(ValueError, match=r"'mode'"):
-        PETClassifier(model, tok, Pattern("[MASK]满意。{text}"), Verbalizer({1: "很", 0: "不"}), mode="greedy")
+        PETClassifier(
+            model, tok, Pattern("[MASK]满意。{text}"), Verbalizer({1: "很", 0: "不"}), mode="greedy"
+        )
     with pytest.raises(ValueError, match=r"'labels'"):
         clf.fit(["a", "b"], [1])
     with pytest.raises(ValueError, match=r"mlm_probability"):
@@ -274,7 +290,7 @@ def test_few_shot_fit_learns_the_cloze(tok) -> None:
 
 @pytest.mark.slow
 def test_zero_shot_from_mlm_pretraining_only(tok) -> None:
-    """A tiny MLM pretrained on text where a cue co-occurs with 很/不 before 满意 classifies by pattern alone."""
+    """A tiny MLM, pretrained where a cue co-occurs with 很/不 before 满意, classifies by pattern alone."""
     pos_cues, neg_cues = ["好", "便宜", "快"], ["差", "贵", "慢"]
     subj = ["服务", "质量", "价格", "送货", "书店"]
     g = torch.Generator().manual_seed(0)
@@ -291,8 +307,11 @@ def test_zero_shot_from_mlm_pretraining_only(tok) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     mask_id = tok.mask_token_id
     for _ in range(300):
-        batch = tok([corpus[int(i)] for i in torch.randint(len(corpus), (32,), generator=g)], return_tensors="pt",
-                    padding=True)
+        batch = tok(
+            [corpus[int(i)] for i in torch.randint(len(corpus), (32,), generator=g)],
+            return_tensors="pt",
+            padding=True,
+        )
         ids = batch["input_ids"].clone()
         special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (ids == tok.pad_token_id)
         chosen = (torch.rand(ids.shape, generator=g) < 0.15) & ~special
@@ -317,5 +336,9 @@ def test_other_masked_lm_architecture(tok) -> None:
     model = transformers.DistilBertForMaskedLM(cfg).eval()
     pattern, words = Pattern("[MASK]满意。{text}"), {1: "很", 0: "不"}
     got = PETClassifier(model, tok, pattern, Verbalizer(words)).score(["服务很好", "价格太贵了"])
-    torch.testing.assert_close(got.double(), _manual_scores(model, tok, pattern, words, ["服务很好", "价格太贵了"]),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        got.double(),
+        _manual_scores(model, tok, pattern, words, ["服务很好", "价格太贵了"]),
+        rtol=1e-5,
+        atol=1e-5,
+    )

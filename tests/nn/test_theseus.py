@@ -59,7 +59,17 @@ def test_grouping_12_to_3_and_divisibility_error() -> None:
     t = TheseusModuleList(pred, nn.ModuleList([Block() for _ in range(3)]), ConstantReplacement(0.5))
     assert t.groups() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     blocks = t.blocks_for([False, True, False])
-    assert blocks == [pred[0], pred[1], pred[2], pred[3], t.successor[1], pred[8], pred[9], pred[10], pred[11]]
+    assert blocks == [
+        pred[0],
+        pred[1],
+        pred[2],
+        pred[3],
+        t.successor[1],
+        pred[8],
+        pred[9],
+        pred[10],
+        pred[11],
+    ]
     assert len(t) == 3 and t[2] is t.successor[2]  # len and indexing follow the exported model
     with pytest.raises(ValueError, match=r"divisible.*n_p=12 and n_s=5"):
         TheseusModuleList(pred, nn.ModuleList([Block() for _ in range(5)]), ConstantReplacement())
@@ -206,13 +216,23 @@ def test_export_plain_model_equals_eval_output() -> None:
     assert type(small.encoder.layer) is nn.ModuleList and len(small.encoder.layer) == 3
     assert torch.equal(small(x), model(x))
     assert all(p.requires_grad for p in small.parameters())
-    assert isinstance(model.encoder.layer, TheseusModuleList) and theseus.successor is model.encoder.layer.successor
+    assert (
+        isinstance(model.encoder.layer, TheseusModuleList)
+        and theseus.successor is model.encoder.layer.successor
+    )
 
 
 def _bert_cls(n_layers: int) -> nn.Module:
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
     return transformers.BertForSequenceClassification(cfg)
 
 
@@ -262,11 +282,14 @@ def test_hf_train_p1_equals_successor_stack() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="does not reproduce on this toy: over seeds 8-10, lr 1e-3/3e-3 and a switch "
-                   "to p=1 after 150/250 of 300 steps, the successor trained alone always ends with the lower "
-                   "validation loss (e.g. 0.26 vs 0.60); strict, so a change that makes it pass is noticed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="does not reproduce on this toy: over seeds 8-10, lr 1e-3/3e-3 and a switch to p=1 after 150/250 "
+    "of 300 steps, the successor trained alone always ends with the lower validation loss (e.g. 0.26 vs "
+    "0.60); strict, so a change that makes it pass is noticed",
+)
 def test_smoke_theseus_beats_successor_trained_alone() -> None:
-    """Toy teacher of residual MLP blocks compressed 4:1 on a synthetic regression task (spec §3.6, optional)."""
+    """Toy teacher of residual MLP blocks compressed 4:1 on synthetic regression (spec §3.6, optional)."""
     torch.manual_seed(8)
     d = 16
     teacher = Toy(8, d=d)

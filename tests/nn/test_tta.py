@@ -120,13 +120,21 @@ def test_layer_with_query_equal_kv_is_a_bert_layer_and_tta_from_bert() -> None:
     h = torch.randn(2, 10, 32)
     pad = torch.ones(2, 10, 10, dtype=torch.bool)
     with torch.no_grad():
-        ref = bert.encoder.layer[0](h)[0] if isinstance(bert.encoder.layer[0](h), tuple) else bert.encoder.layer[0](h)
+        ref = (
+            bert.encoder.layer[0](h)[0]
+            if isinstance(bert.encoder.layer[0](h), tuple)
+            else bert.encoder.layer[0](h)
+        )
         torch.testing.assert_close(tta.layers[0](h, h, pad), ref, atol=1e-5, rtol=1e-5)
         # with the diagonal open and queries = the BERT embeddings, the first layer reproduces BERT's
         ids = torch.randint(1, 128, (2, 10))
         kv = bert.embeddings(ids)
-        torch.testing.assert_close(tta.kv_norm(tta.word_embeddings(ids) + tta.position_embeddings.weight[:10]), kv,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            tta.kv_norm(tta.word_embeddings(ids) + tta.position_embeddings.weight[:10]),
+            kv,
+            atol=1e-5,
+            rtol=1e-5,
+        )
         out = tta(ids)
     assert out.logits.shape == (2, 10, 128)
     torch.testing.assert_close(tta.query_embedding, bert.embeddings.word_embeddings.weight[3])
@@ -141,15 +149,33 @@ def test_layer_with_query_equal_kv_is_a_bert_layer_and_tta_from_bert() -> None:
         (lambda: TTAEncoder(10, hidden_size=30, num_heads=4), ValueError, "divisible"),
         (lambda: TTAEncoder(10, pad_id=10), ValueError, "pad_id"),
         (lambda: TTAEncoder(10, dropout=1.5), ValueError, "dropout"),
-        (lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(torch.zeros(3, dtype=torch.long)), ValueError, "2-D"),
+        (
+            lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(torch.zeros(3, dtype=torch.long)),
+            ValueError,
+            "2-D",
+        ),
         (lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(torch.zeros(2, 3)), TypeError, "input_ids"),
-        (lambda: TTAEncoder(10, hidden_size=8, num_heads=2, max_position=4)(torch.ones(1, 5, dtype=torch.long)),
-         ValueError, "max_position"),
-        (lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(torch.ones(1, 5, dtype=torch.long),
-                                                            attention_mask=torch.ones(1, 4)), ValueError, "shape"),
-        (lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(torch.ones(1, 5, dtype=torch.long),
-                                                            labels=torch.ones(1, 4, dtype=torch.long)),
-         ValueError, "labels"),
+        (
+            lambda: TTAEncoder(10, hidden_size=8, num_heads=2, max_position=4)(
+                torch.ones(1, 5, dtype=torch.long)
+            ),
+            ValueError,
+            "max_position",
+        ),
+        (
+            lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(
+                torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 4)
+            ),
+            ValueError,
+            "shape",
+        ),
+        (
+            lambda: TTAEncoder(10, hidden_size=8, num_heads=2)(
+                torch.ones(1, 5, dtype=torch.long), labels=torch.ones(1, 4, dtype=torch.long)
+            ),
+            ValueError,
+            "labels",
+        ),
     ],
 )
 def test_bad_inputs(call, exc, match) -> None:  # type: ignore[no-untyped-def]

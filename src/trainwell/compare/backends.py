@@ -63,9 +63,14 @@ def run_local(task: Task, cells: Sequence[Cell], workers: int, on_result: OnResu
     try:
         pickle.dumps((task, [t for t, _ in cells]))
     except Exception as e:
-        fail("compare", "task", "picklable for backend='local' with workers >= 1 (define make_model, evaluate "
-             "and loss_fn at module level), or run with workers=0 or backend='ray'",
-             f"{type(e).__name__}: {e}", exc=TypeError)
+        fail(
+            "compare",
+            "task",
+            "picklable for backend='local' with workers >= 1 (define make_model, evaluate and loss_fn at "
+            "module level), or run with workers=0 or backend='ray'",
+            f"{type(e).__name__}: {e}",
+            exc=TypeError,
+        )
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
     pending: set[Future[dict[str, Any]]] = set()
@@ -87,8 +92,10 @@ def run_local(task: Task, cells: Sequence[Cell], workers: int, on_result: OnResu
     pool.shutdown(wait=True)
 
 
-def _ray_cell(paths: list[str], task_blob: bytes, tech_blob: bytes, seed: int, threads: int) -> dict[str, Any]:
-    """A Ray task: extend ``sys.path`` like the driver's (where those folders exist here), then run the cell."""
+def _ray_cell(
+    paths: list[str], task_blob: bytes, tech_blob: bytes, seed: int, threads: int
+) -> dict[str, Any]:
+    """A Ray task: extend ``sys.path`` like the driver's (folders that exist here), then run the cell."""
     for p in paths:
         if p not in sys.path and os.path.isdir(p):
             sys.path.append(p)
@@ -127,9 +134,15 @@ def run_ray(task: Task, cells: Sequence[Cell], address: str | None, on_result: O
                 try:
                     res = ray.get(r)
                 except Exception as e:  # the Ray worker itself died: record, go on
-                    res = {"technique": tech.label, "name": tech.name, "seed": int(seed), "status": "error",
-                           "error": f"{type(e).__name__}: {e}", "error_summary": f"Ray task failed: {e}"[:500],
-                           "params": {k: repr(v) for k, v in sorted(dict(tech.params or {}).items())}}
+                    res = {
+                        "technique": tech.label,
+                        "name": tech.name,
+                        "seed": int(seed),
+                        "status": "error",
+                        "error": f"{type(e).__name__}: {e}",
+                        "error_summary": f"Ray task failed: {e}"[:500],
+                        "params": {k: repr(v) for k, v in sorted(dict(tech.params or {}).items())},
+                    }
                 on_result(res)
     except BaseException:
         for r in refs:

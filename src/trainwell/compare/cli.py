@@ -83,7 +83,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{where}: field task.factory must be 'module:function', got {factory!r}")
     techs = cmp_.get("techniques")
     if not techs or not all(isinstance(t, str) for t in techs):
-        raise ConfigError(f"{where}: field compare.techniques must be a non-empty list of strings, got {techs!r}")
+        raise ConfigError(
+            f"{where}: field compare.techniques must be a non-empty list of strings, got {techs!r}"
+        )
     seeds = cmp_.get("seeds", 5)
     if isinstance(seeds, int) and seeds < 2:
         raise ConfigError(f"{where}: field compare.seeds must be >= 2, got {seeds}")
@@ -142,7 +144,11 @@ def _print_table(result: Any, console: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``trainwell compare CONFIG.toml [--out DIR] [--seeds N] [--workers N] [--backend B] [--no-progress]``."""
+    """The ``trainwell compare`` console command.
+
+    Usage: ``trainwell compare CONFIG.toml [--out DIR] [--seeds N] [--workers N] [--backend B]
+    [--no-progress]``.
+    """
     p = argparse.ArgumentParser(prog="trainwell compare",
                                 description="Compare training techniques on your task: a technique × seed "
                                 "grid with paired bootstrap CIs, cost ratios and an HTML report.")

@@ -47,7 +47,9 @@ def compute_effects(runs: Sequence[dict[str, Any]], labels: Sequence[str], basel
             e["p_value"] = sign_flip_p_value(d)
         else:
             e["ci_low"] = e["ci_high"] = e["p_value"] = math.nan
-        e["verdict"] = verdict(e["ci_low"], e["ci_high"], higher_is_better) if len(d) >= 2 else "not enough seeds"
+        e["verdict"] = (
+            verdict(e["ci_low"], e["ci_high"], higher_is_better) if len(d) >= 2 else "not enough seeds"
+        )
         tb = _mean([ok[(baseline, s)]["train_seconds"] for s in paired])
         tt = _mean([ok[(label, s)]["train_seconds"] for s in paired])
         mb = _mean([ok[(baseline, s)]["peak_memory_bytes"] for s in paired])
@@ -139,12 +141,18 @@ class CompareResult:
                 f"{_f(e['p_adjusted'], '.3f')} | {e['verdict']} | {_f(e['time_ratio'], '.2f')} | "
                 f"{_f(e['peak_memory_ratio'], '.2f')} | {e['n_seeds']} |")
         if self.seeds:
-            lines += ["", f"With {len(self.seeds)} seeds the smallest possible two-sided p is "
-                      f"{2 / 2 ** len(self.seeds):.3g}; the verdict comes from the CI, which with few seeds is "
-                      "optimistic (the percentile bootstrap undercovers): read it with p (Holm)."]
+            lines += [
+                "",
+                f"With {len(self.seeds)} seeds the smallest possible two-sided p is "
+                f"{2 / 2 ** len(self.seeds):.3g}; the verdict comes from the CI, which with few seeds is "
+                "optimistic (the percentile bootstrap undercovers): read it with p (Holm).",
+            ]
         if self.errors:
             lines += ["", f"{len(self.errors)} cell(s) failed:"]
-            lines += [f"- `{r['technique']}` seed {r['seed']}: {r.get('error_summary', 'error')}" for r in self.errors]
+            lines += [
+                f"- `{r['technique']}` seed {r['seed']}: {r.get('error_summary', 'error')}"
+                for r in self.errors
+            ]
         return "\n".join(lines) + "\n"
 
     def _forest_svg(self) -> str:
@@ -163,24 +171,30 @@ class CompareResult:
             return left + (v - lo) / (hi - lo) * (w - left - right)
 
         esc = html.escape
-        parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' "
-                 "font-size='12'>",
-                 f"<line x1='{x(0):.1f}' y1='{top - 10}' x2='{x(0):.1f}' y2='{top + rows * rh}' stroke='#888' "
-                 "stroke-dasharray='4 3'/>"]
+        parts = [
+            f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' "
+            "font-size='12'>",
+            f"<line x1='{x(0):.1f}' y1='{top - 10}' x2='{x(0):.1f}' y2='{top + rows * rh}' stroke='#888' "
+            "stroke-dasharray='4 3'/>",
+        ]
         colors = {"helps": "#1a7f37", "hurts": "#c0392b"}
         for i, e in enumerate(es):
             y = top + i * rh + rh / 2
             c = colors.get(e["verdict"], "#4c78a8")
-            parts.append(f"<text x='{left - 8}' y='{y + 4:.1f}' text-anchor='end'>{esc(e['technique'])}</text>")
+            parts.append(
+                f"<text x='{left - 8}' y='{y + 4:.1f}' text-anchor='end'>{esc(e['technique'])}</text>"
+            )
             if not math.isnan(e["ci_low"]):
                 parts.append(f"<line x1='{x(e['ci_low']):.1f}' y1='{y:.1f}' x2='{x(e['ci_high']):.1f}' "
                              f"y2='{y:.1f}' stroke='{c}' stroke-width='2.5'/>")
             for d in e["diffs"]:
                 parts.append(f"<circle cx='{x(d):.1f}' cy='{y + 7:.1f}' r='2.5' fill='#333' opacity='0.7'/>")
             if not math.isnan(e["diff"]):
-                parts.append(f"<rect x='{x(e['diff']) - 4:.1f}' y='{y - 4:.1f}' width='8' height='8' fill='{c}'>"
-                             f"<title>{esc(e['technique'])}: Δ {e['diff']:+.4g} [{e['ci_low']:+.4g}, "
-                             f"{e['ci_high']:+.4g}]</title></rect>")
+                parts.append(
+                    f"<rect x='{x(e['diff']) - 4:.1f}' y='{y - 4:.1f}' width='8' height='8' "
+                    f"fill='{c}'><title>{esc(e['technique'])}: Δ {e['diff']:+.4g} [{e['ci_low']:+.4g}, "
+                    f"{e['ci_high']:+.4g}]</title></rect>"
+                )
         ya = top + rows * rh + 8
         parts.append(f"<line x1='{left}' y1='{ya}' x2='{w - right}' y2='{ya}' stroke='#333'/>")
         for k in range(5):
@@ -201,19 +215,26 @@ class CompareResult:
             cls = {"helps": "yes", "hurts": "no"}.get(e["verdict"], "")
             rows.append(
                 f"<tr><td>{esc(e['technique'])}</td><td>{_f(e['mean'])}</td><td>{_f(e['diff'], '+.4f')}</td>"
-                f"<td>[{_f(e['ci_low'], '+.4f')}, {_f(e['ci_high'], '+.4f')}]</td><td>{_f(e['p_value'], '.3f')}</td>"
+                f"<td>[{_f(e['ci_low'], '+.4f')}, "
+                f"{_f(e['ci_high'], '+.4f')}]</td><td>{_f(e['p_value'], '.3f')}</td>"
                 f"<td>{_f(e['p_adjusted'], '.3f')}</td><td class='{cls}'>{esc(e['verdict'])}</td>"
                 f"<td>{_f(e['time_ratio'], '.2f')}</td><td>{_f(e['peak_memory_ratio'], '.2f')}</td>"
-                f"<td>{e['n_seeds']}</td></tr>")
+                f"<td>{e['n_seeds']}</td></tr>"
+            )
         cost = []
         for label in self.techniques:
             cs = [r for r in self.runs if r["technique"] == label and r.get("status") == "ok"]
-            cost.append(f"<tr><td>{esc(label)}</td><td>{_f(_mean([r['train_seconds'] for r in cs]), '.3f')}</td>"
-                        f"<td>{_f(_mean([r['peak_memory_bytes'] / 2**20 for r in cs]), '.2f')}</td>"
-                        f"<td>{len(cs)}</td></tr>")
-        errs = "".join(f"<details><summary>{esc(r['technique'])} seed {r['seed']}: "
-                       f"{esc(str(r.get('error_summary', 'error')))}</summary><pre>{esc(str(r.get('error', '')))}"
-                       "</pre></details>" for r in self.errors)
+            cost.append(
+                f"<tr><td>{esc(label)}</td><td>{_f(_mean([r['train_seconds'] for r in cs]), '.3f')}</td>"
+                f"<td>{_f(_mean([r['peak_memory_bytes'] / 2**20 for r in cs]), '.2f')}</td>"
+                f"<td>{len(cs)}</td></tr>"
+            )
+        errs = "".join(
+            f"<details><summary>{esc(r['technique'])} seed {r['seed']}: "
+            f"{esc(str(r.get('error_summary', 'error')))}</summary><pre>{esc(str(r.get('error', '')))}"
+            "</pre></details>"
+            for r in self.errors
+        )
         per_seed = ["<tr><th>technique</th>" + "".join(f"<th>seed {s}</th>" for s in self.seeds) + "</tr>"]
         by = {(r["technique"], int(r["seed"])): r for r in self.runs}
         for label in self.techniques:
@@ -221,34 +242,45 @@ class CompareResult:
             for s in self.seeds:
                 r = by.get((label, s))
                 ok = r is not None and r.get("status") == "ok"
-                cells.append(f"<td>{_f(r['metrics'][self.metric]) if ok and r else 'failed' if r else '—'}</td>")
+                cells.append(
+                    f"<td>{_f(r['metrics'][self.metric]) if ok and r else 'failed' if r else '—'}</td>"
+                )
             per_seed.append(f"<tr><td>{esc(label)}</td>{''.join(cells)}</tr>")
         cfg = json.dumps(self.config, indent=2, default=str)
-        return "\n".join([
-            "<!doctype html><html><head><meta charset='utf-8'><title>trainwell compare</title>",
-            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-            "text-align:left}.yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}"
-            "pre{background:#f6f8fa;padding:.6em;overflow:auto}</style></head><body>",
-            "<h1>trainwell compare</h1>",
-            f"<p>Metric <b>{esc(self.metric)}</b> ({'higher' if self.higher_is_better else 'lower'} is better); "
-            f"baseline <b>{esc(self.baseline)}</b>: {_f(m)} ± {_f(sd)} over {n} seeds. Each seed gives every "
-            "technique the same initial weights and data order; Δ is the mean of the per-seed differences, "
-            "the CI a 95% percentile bootstrap (10,000 seeded resamples), p the exact sign-flip permutation "
-            "test, Holm-adjusted over the techniques. Verdict: the CI excludes 0.</p>",
-            self._forest_svg(),
-            "<h2>Effects</h2><table><tr><th>technique</th><th>mean</th><th>Δ</th><th>95% CI</th><th>p</th>"
-            "<th>p (Holm)</th><th>verdict</th><th>time ×</th><th>memory ×</th><th>seeds</th></tr>",
-            *rows, "</table>",
-            "<h2>Cost</h2><table><tr><th>technique</th><th>train seconds (mean)</th><th>peak memory MiB (mean)"
-            "</th><th>cells ok</th></tr>", *cost, "</table>",
-            "<p>Peak memory: the CUDA allocator's peak on GPU; on CPU the bytes autograd saves for backward in "
-            "the first steps plus parameters, gradients and optimizer state.</p>",
-            "<h2>Per seed</h2><table>", *per_seed, "</table>",
-            ("<h2>Failed cells</h2>" + errs) if errs else "",
-            "<h2>Configuration</h2><pre>" + esc(cfg) + "</pre>",
-            "</body></html>",
-        ])
+        return "\n".join(
+            [
+                "<!doctype html><html><head><meta charset='utf-8'><title>trainwell compare</title>",
+                "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+                "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+                "text-align:left}.yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}"
+                "pre{background:#f6f8fa;padding:.6em;overflow:auto}</style></head><body>",
+                "<h1>trainwell compare</h1>",
+                f"<p>Metric <b>{esc(self.metric)}</b> ({'higher' if self.higher_is_better else 'lower'} is "
+                f"better); baseline <b>{esc(self.baseline)}</b>: {_f(m)} ± {_f(sd)} over {n} seeds. Each "
+                "seed gives every technique the same initial weights and data order; Δ is the mean of the "
+                "per-seed differences, the CI a 95% percentile bootstrap (10,000 seeded resamples), p the "
+                "exact sign-flip permutation test, Holm-adjusted over the techniques. Verdict: the CI "
+                "excludes 0.</p>",
+                self._forest_svg(),
+                "<h2>Effects</h2><table><tr><th>technique</th><th>mean</th><th>Δ</th><th>95% "
+                "CI</th><th>p</th><th>p (Holm)</th><th>verdict</th><th>time ×</th><th>memory "
+                "×</th><th>seeds</th></tr>",
+                *rows,
+                "</table>",
+                "<h2>Cost</h2><table><tr><th>technique</th><th>train seconds (mean)</th><th>peak memory MiB "
+                "(mean)</th><th>cells ok</th></tr>",
+                *cost,
+                "</table>",
+                "<p>Peak memory: the CUDA allocator's peak on GPU; on CPU the bytes autograd saves for "
+                "backward in the first steps plus parameters, gradients and optimizer state.</p>",
+                "<h2>Per seed</h2><table>",
+                *per_seed,
+                "</table>",
+                ("<h2>Failed cells</h2>" + errs) if errs else "",
+                "<h2>Configuration</h2><pre>" + esc(cfg) + "</pre>",
+                "</body></html>",
+            ]
+        )
 
     def save_html(self, path: str | Path) -> Path:
         """Write :meth:`to_html` to ``path`` atomically (folders created); returns the path."""

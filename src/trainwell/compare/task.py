@@ -72,20 +72,36 @@ class Task:
         check_callable("make_optimizer", self.make_optimizer, fn=fn, allow_none=True)
         check_int("epochs", self.epochs, fn=fn, min=1)
         check_int("batch_size", self.batch_size, fn=fn, min=1)
-        if self.embedding is not None and not callable(self.embedding) and not isinstance(self.embedding, nn.Module):
+        if (
+            self.embedding is not None
+            and not callable(self.embedding)
+            and not isinstance(self.embedding, nn.Module)
+        ):
             fail(fn, "embedding", "a callable(model) -> module or None", self.embedding, exc=TypeError)
         if self.name is not None and not isinstance(self.name, str):
             fail(fn, "name", "a str or None", self.name, exc=TypeError)
         if isinstance(self.train_data, (tuple, list)):
             if not self.train_data or not all(isinstance(t, Tensor) for t in self.train_data):
-                fail(fn, "train_data", "a Dataset or a non-empty tuple of tensors", self.train_data, exc=TypeError)
+                fail(
+                    fn,
+                    "train_data",
+                    "a Dataset or a non-empty tuple of tensors",
+                    self.train_data,
+                    exc=TypeError,
+                )
             n = {int(t.shape[0]) if t.dim() else -1 for t in self.train_data}
             if len(n) != 1 or -1 in n or 0 in n:
                 fail(fn, "train_data", "tensors with the same, non-zero first dimension",
                      [tuple(t.shape) for t in self.train_data])
             self.train_data = tuple(self.train_data)
         elif not isinstance(self.train_data, Dataset) or not hasattr(self.train_data, "__len__"):
-            fail(fn, "train_data", "a sized torch Dataset or a tuple of tensors", self.train_data, exc=TypeError)
+            fail(
+                fn,
+                "train_data",
+                "a sized torch Dataset or a tuple of tensors",
+                self.train_data,
+                exc=TypeError,
+            )
 
     @property
     def n_train(self) -> int:

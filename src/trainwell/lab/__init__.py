@@ -1,4 +1,7 @@
-"""``trainwell lab``: experiments on real data that check each technique's claim (see :mod:`trainwell.lab.base`)."""
+"""``trainwell lab``: experiments on real data that check each technique's claim.
+
+See :mod:`trainwell.lab.base`.
+"""
 
 from trainwell.lab.base import Experiment, MethodStats, RunContext, SeedResult, seed_everything
 

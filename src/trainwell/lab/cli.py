@@ -1,4 +1,5 @@
-"""``trainwell`` console script: ``trainwell lab [EXPERIMENT ...] [--quick|--full|--tiny] [--seeds N] [--out DIR]``.
+"""``trainwell`` console script:
+``trainwell lab [EXPERIMENT ...] [--quick|--full|--tiny] [--seeds N] [--out DIR]``.
 
 Examples::
 
@@ -32,7 +33,9 @@ def _seeds(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trainwell", description="trainwell: training techniques, proven on real data.")
+    p = argparse.ArgumentParser(
+        prog="trainwell", description="trainwell: training techniques, proven on real data."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     lab = sub.add_parser(
         "lab",
@@ -44,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     g = lab.add_mutually_exclusive_group()
     g.add_argument("--quick", dest="mode", action="store_const", const="quick", help="quick mode (default)")
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="full reproduction mode")
-    g.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="seconds; proves the pipeline")
+    g.add_argument(
+        "--tiny", dest="mode", action="store_const", const="tiny", help="seconds; proves the pipeline"
+    )
     lab.add_argument("--seeds", type=_seeds, default=None, metavar="N",
                      help="number of seeds (default: per experiment and mode)")
     lab.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
@@ -56,8 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                      "else torch's; 1 avoids oversubscription on a busy machine)")
     lab.add_argument("--list", action="store_true", help="list experiments and exit")
     lab.set_defaults(mode="quick")
-    sub.add_parser("compare", add_help=False,
-                   help="compare techniques on your own task: trainwell compare CONFIG.toml (docs/compare.md)")
+    sub.add_parser(
+        "compare",
+        add_help=False,
+        help="compare techniques on your own task: trainwell compare CONFIG.toml (docs/compare.md)",
+    )
     return p
 
 
@@ -81,18 +89,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     reg = registry()
     if args.list:
         print(f"{'name':16s} {'suite':7s}  title")
-        print("  name: pass it to `trainwell lab NAME`; suite: 'default' = part of a bare `trainwell lab` run")
+        print(
+            "  name: pass it to `trainwell lab NAME`; suite: 'default' = part of a bare `trainwell lab` run"
+        )
         for name, exp in reg.items():
             print(f"{name:16s} {'default' if exp.default else '-':7s}  {exp.title}")
         return 0
     unknown = [n for n in args.experiments if n not in reg]
     if unknown:
         errors = import_errors()
-        print(f"trainwell lab: unknown experiment(s) {', '.join(unknown)}; available: {', '.join(reg) or '(none)'}",
-              file=sys.stderr)
+        print(
+            f"trainwell lab: unknown experiment(s) {', '.join(unknown)}; available: "
+            f"{', '.join(reg) or '(none)'}",
+            file=sys.stderr,
+        )
         for n in unknown:
             if n in errors:
-                print(f"trainwell lab: module {n!r} exists but failed to import: {errors[n]}", file=sys.stderr)
+                print(
+                    f"trainwell lab: module {n!r} exists but failed to import: {errors[n]}", file=sys.stderr
+                )
         return 2
     chosen = [reg[n] for n in dict.fromkeys(args.experiments)] if args.experiments else [
         e for e in reg.values() if e.default]

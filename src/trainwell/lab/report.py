@@ -144,14 +144,15 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
 
 
 def write_index(out: Path) -> Path:
-    """Write ``<out>/index.html`` (links to every experiment's table, results.json and plots) and results.md."""
+    """Write ``<out>/index.html`` (links to each experiment's table, results.json, plots) and results.md."""
     out = Path(out)
     results = collect(out)
     e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>trainwell lab</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px "
+        "8px;text-align:left}"
         ".yes{color:#1a7f37;font-weight:bold}.no{color:#c0392b;font-weight:bold}.nj{color:#777}"
         "img{max-width:100%;margin:4px 0}"
         "section{border-top:1px solid #ddd;margin-top:1.5em}</style></head><body>",
@@ -192,12 +193,17 @@ def write_index(out: Path) -> Path:
             cells = "".join(
                 f"<td>{_fmt(secondary[k][m])}</td>" if m in secondary[k] else "<td>—</td>" for k in sec
             )
-            parts.append(f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td><td>{e(paired_ci_cell(r, m))}</td>{cells}</tr>")
+            parts.append(
+                f"<tr><td>{e(m)}</td><td>{_fmt(s)}</td><td>{e(paired_ci_cell(r, m))}</td>{cells}</tr>"
+            )
         parts.append("</table>")
         for png in r.get("plots", []):
             parts.append(f"<img src='{folder}/{e(png)}' alt='{e(png)}'>")
-        parts.append(f"<p><a href='{folder}/table.md'>table.md</a> · <a href='{folder}/results.json'>results.json</a>"
-                     + (f" · source: {e(r['source'])}" if r.get("source") else "") + "</p></section>")
+        parts.append(
+            f"<p><a href='{folder}/table.md'>table.md</a> · <a href='{folder}/results.json'>results.json</a>"
+            + (f" · source: {e(r['source'])}" if r.get("source") else "")
+            + "</p></section>"
+        )
     parts.append("</body></html>")
     atomic_write_text(out / "index.html", "\n".join(parts))
     atomic_write_text(out / "results.md", results_markdown(results))

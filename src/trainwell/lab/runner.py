@@ -84,7 +84,9 @@ def setup_distributed() -> tuple[DistInfo, bool]:
     if world <= 1:
         return DistInfo(), False
     if not dist.is_available():  # pragma: no cover - every CPU build has gloo
-        raise RuntimeError("trainwell lab: WORLD_SIZE > 1 but torch.distributed is not available in this build")
+        raise RuntimeError(
+            "trainwell lab: WORLD_SIZE > 1 but torch.distributed is not available in this build"
+        )
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise RuntimeError(
@@ -213,7 +215,11 @@ def _table_md(res: dict[str, Any]) -> str:
     if res.get("source"):
         lines += ["", f"Source: {res['source']}"]
     computed = res.get("cells_computed")
-    done = f" ({computed} of {res['seeds']} cells computed, the rest read from the cache)" if computed is not None else ""
+    done = (
+        f" ({computed} of {res['seeds']} cells computed, the rest read from the cache)"
+        if computed is not None
+        else ""
+    )
     if res.get("compute_s") is not None:
         lines += ["", f"Compute time of the {seeds_phrase(res['seeds'])}: {fmt_time(res['compute_s'])}."]
     lines += ["", f"Wall time of this run: {fmt_time(res.get('runtime_s', 0))}{done}."]
@@ -379,11 +385,15 @@ def _run_cell_inner(exp: Experiment, seed: int, mode: str, exp_dir: Path, prog: 
     # A seed-parallel cell trains alone (world_size 1), but keeps its real rank so that only rank 0
     # writes artefacts (ctx.is_main).
     ws = info.world_size if exp.ddp else 1
-    ctx = RunContext(seed=seed, mode=mode, out_dir=exp_dir, progress=prog, rank=info.rank, world_size=ws, log=log)
+    ctx = RunContext(
+        seed=seed, mode=mode, out_dir=exp_dir, progress=prog, rank=info.rank, world_size=ws, log=log
+    )
     ts, cs = time.perf_counter(), time.process_time()
     cell = exp.run_seed(ctx)
     if not isinstance(cell, SeedResult):
-        raise TypeError(f"experiment {exp.name!r}: run_seed() must return a SeedResult, got {type(cell).__name__}")
+        raise TypeError(
+            f"experiment {exp.name!r}: run_seed() must return a SeedResult, got {type(cell).__name__}"
+        )
     # CPU seconds are kept next to wall seconds: on a shared machine they are the steadier measure.
     cell.info.setdefault("cpu_seconds", round(time.process_time() - cs, 2))
     return cell, time.perf_counter() - ts
@@ -520,8 +530,17 @@ def run_suite(
     for exp in experiments:
         say(f"== {exp.name}: {exp.title} ({mode} mode)")
         try:
-            res = run_experiment(exp, out=out, mode=mode, seeds=seeds, force=force, progress=progress, log=log,
-                                 plots=plots, threads=threads)
+            res = run_experiment(
+                exp,
+                out=out,
+                mode=mode,
+                seeds=seeds,
+                force=force,
+                progress=progress,
+                log=log,
+                plots=plots,
+                threads=threads,
+            )
             results.append(res)
         except CorpusUnavailable as err:  # data or model package not installed: skip, say how to get it
             say(f"== {exp.name}: SKIPPED ({mode} mode) — {err}")

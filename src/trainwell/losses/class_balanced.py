@@ -118,7 +118,18 @@ def class_balanced_cross_entropy(
 
 
 class ClassBalancedCrossEntropy(Loss):
-    """Module form of :func:`class_balanced_cross_entropy` with the weights as a buffer (their dtype kept)."""
+    """Module form of :func:`class_balanced_cross_entropy` with the weights as a buffer (their dtype kept).
+
+    Shape:
+        input: ``[..., C]`` logits; target: ``[...]`` class indices; weight: ``[C]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        weight = class_balanced_weights(torch.tensor([900, 90, 10]), beta=0.999)
+        loss_fn = ClassBalancedCrossEntropy(weight)
+        loss = loss_fn(torch.randn(8, 3), torch.randint(3, (8,)))  # scalar
+    """
 
     _repr_fields = ("num_classes", "ignore_index", "label_smoothing")
 

@@ -219,7 +219,19 @@ def rdrop_loss(
 
 
 class RDropLoss(Loss):
-    """Module form of :func:`rdrop_loss` (paper normalisation, eq. 7.1)."""
+    """Module form of :func:`rdrop_loss` (paper normalisation, eq. 7.1).
+
+    Shape:
+        logits1, logits2: ``[..., C]``; target, pad_mask: ``[...]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        model, loss_fn = nn.Sequential(nn.Dropout(0.3), nn.Linear(16, 3)), RDropLoss(alpha=4.0)
+        x, y = torch.randn(8, 16), torch.randint(3, (8,))
+        loss = loss_fn(model(x), model(x), y)  # two passes, two dropout masks
+        loss.backward()
+    """
 
     _repr_fields = ("alpha", "label_smoothing", "ignore_index")
 

@@ -201,11 +201,16 @@ class InfoNCELoss(Loss):
     ``scale = log_scale.exp()`` (CLIP's parametrisation: positive, well conditioned). Its gradient
     is handled exactly by :class:`ContrastiveGradCache` (accumulated from pass 1).
 
+    Shape:
+        query: ``[..., N, D]``; key: ``[..., M, D]`` (``None``: the query itself); target: ``[..., N]``.
+        output: ``[..., N]`` for ``"none"``, a scalar otherwise.
+
     Example::
 
-        loss_fn = InfoNCELoss(temperature=0.05)
-        loss = loss_fn(q, k)            # positives on the diagonal
-        loss = loss_fn(h, None, target) # single tower; set mask_diagonal=True
+        q, k = torch.randn(8, 32), torch.randn(8, 32)
+        loss = InfoNCELoss(temperature=0.05, normalize=True)(q, k)  # positives on the diagonal
+        h, target = torch.randn(8, 32), torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])
+        loss = InfoNCELoss(mask_diagonal=True, normalize=True)(h, None, target)  # single tower
 
     Source: kexue.fm/archives/8471; arXiv:1807.03748.
     """
@@ -433,13 +438,17 @@ class ContrastiveGradCache:
             (the first token) or a callable ``pooling(output, chunk_inputs) -> Tensor``. Made for
             Hugging Face encoders, which return a ``ModelOutput``.
 
+    Shape:
+        each view: ``[B, ...]`` (or a dict/tuple of such tensors); the encoder's output per chunk:
+        ``[chunk, D]`` (after ``pooling``); :meth:`step` returns the pass-1 loss (a detached scalar).
+
     Example::
 
+        model = nn.Linear(16, 8)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
         cache = ContrastiveGradCache(model, InfoNCELoss(0.05), chunk_size=16)
-        for q_batch, d_batch in loader:
-            opt.zero_grad()
-            loss = cache.step(q_batch, d_batch)   # detached tensor: the large-batch loss
-            opt.step()
+        loss = cache.step(torch.randn(64, 16), torch.randn(64, 16))  # the 64-row batch's gradient
+        opt.step()
     """
 
     def __init__(

@@ -133,7 +133,20 @@ def f1_weighted_cross_entropy(
 
 
 class DiceLoss(Loss):
-    """Module form of :func:`dice_loss`."""
+    """Module form of :func:`dice_loss`.
+
+    Shape:
+        input: logits; target: the same shape (0/1 or soft in [0, 1]).
+        output: for ``"none"``, that shape without the ``dim`` dimensions (a scalar for ``dim=None``);
+        a scalar otherwise.
+
+    Example::
+
+        loss_fn = DiceLoss(dim=0)  # one soft F1 per class of a multi-label batch
+        logits, target = torch.randn(16, 5, requires_grad=True), torch.randint(2, (16, 5)).float()
+        loss = loss_fn(logits, target)  # mean over the 5 classes
+        loss.backward()
+    """
 
     _repr_fields = ("dim", "eps")
 
@@ -150,7 +163,18 @@ class DiceLoss(Loss):
 
 
 class F1WeightedCrossEntropy(Loss):
-    """Module form of :func:`f1_weighted_cross_entropy`."""
+    """Module form of :func:`f1_weighted_cross_entropy`.
+
+    Shape:
+        input: logits; target: the same shape (0/1 or soft in [0, 1]).
+        output: that shape for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = F1WeightedCrossEntropy(dim=0)  # F1 weights per class
+        logits, target = torch.randn(16, 5, requires_grad=True), torch.randint(2, (16, 5)).float()
+        loss_fn(logits, target).backward()
+    """
 
     _repr_fields = ("dim",)
 

@@ -58,7 +58,18 @@ def flooding(loss: Tensor, level: float, *, reference: Tensor | float | None = N
 
 
 class Flooding(nn.Module):
-    """Module form of :func:`flooding`: ``Flooding(level)(loss, reference=None)`` (``level``: attribute)."""
+    """Module form of :func:`flooding`: ``Flooding(level)(loss, reference=None)`` (``level``: attribute).
+
+    Shape:
+        loss: a scalar; reference: a scalar tensor or a float; output: a scalar.
+
+    Example::
+
+        flood = Flooding(level=0.05)
+        logits, target = torch.randn(8, 3, requires_grad=True), torch.randint(3, (8,))
+        loss = flood(F.cross_entropy(logits, target))  # |L − b| + b
+        loss.backward()
+    """
 
     def __init__(self, level: float) -> None:
         super().__init__()

@@ -140,7 +140,19 @@ def binary_focal_loss(
 
 
 class FocalLoss(Loss):
-    """Module form of :func:`focal_loss`; a ``[C]`` tensor ``alpha`` is kept as a buffer."""
+    """Module form of :func:`focal_loss`; a ``[C]`` tensor ``alpha`` is kept as a buffer.
+
+    Shape:
+        input: ``[..., C]`` logits; target: ``[...]`` class indices; a tensor ``alpha``: ``[C]``.
+        output: ``[...]`` for ``reduction="none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = FocalLoss(gamma=2.0, alpha=torch.tensor([0.2, 0.3, 0.5]))
+        logits, target = torch.randn(8, 3, requires_grad=True), torch.randint(3, (8,))
+        loss = loss_fn(logits, target)  # scalar
+        loss.backward()
+    """
 
     _repr_fields = ("gamma", "alpha")
 
@@ -172,7 +184,19 @@ class FocalLoss(Loss):
 
 
 class BinaryFocalLoss(Loss):
-    """Module form of :func:`binary_focal_loss`."""
+    """Module form of :func:`binary_focal_loss`.
+
+    Shape:
+        input: logits, any shape; target: the same shape (0/1 or soft in [0, 1]).
+        output: the shape of ``input`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = BinaryFocalLoss(gamma=2.0, alpha=0.25)
+        logits = torch.randn(8, 4, requires_grad=True)
+        target = torch.randint(2, (8, 4)).float()
+        loss_fn(logits, target).backward()
+    """
 
     _repr_fields = ("gamma", "alpha")
 
@@ -292,7 +316,19 @@ def softened_truncated_loss(
 
 
 class HardTruncatedLoss(Loss):
-    """Module form of :func:`hard_truncated_loss`."""
+    """Module form of :func:`hard_truncated_loss`.
+
+    Shape:
+        input: ``[..., C]`` with target ``[...]`` (class indices), or any shape with a target of that
+        shape (binary).
+        output: the target's shape for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = HardTruncatedLoss(margin=0.5)
+        logits, target = torch.randn(8, 3, requires_grad=True), torch.randint(3, (8,))
+        loss_fn(logits, target).backward()  # samples already right by the margin give no gradient
+    """
 
     _repr_fields = ("margin",)
 
@@ -308,7 +344,19 @@ class HardTruncatedLoss(Loss):
 
 
 class SoftenedTruncatedLoss(Loss):
-    """Module form of :func:`softened_truncated_loss`."""
+    """Module form of :func:`softened_truncated_loss`.
+
+    Shape:
+        input: ``[..., C]`` with target ``[...]`` (class indices), or any shape with a target of that
+        shape (binary).
+        output: the target's shape for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = SoftenedTruncatedLoss(k=1.0)
+        logits, target = torch.randn(8, 3, requires_grad=True), torch.randint(3, (8,))
+        loss_fn(logits, target).backward()
+    """
 
     _repr_fields = ("k",)
 

@@ -151,6 +151,17 @@ class LogitAdjustedCrossEntropy(Loss):
     "initialise the last bias to τ log p" shortcut is only equivalent when that offset is a fixed
     buffer like this one (a trainable bias merely starts there).
 
+    Shape:
+        input: ``[..., C]``; target: ``[...]`` indices or ``[..., C]`` probabilities; log_prior: ``[C]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise; :meth:`adjust`: the shape of its input.
+
+    Example::
+
+        counts = torch.tensor([900.0, 90.0, 10.0])
+        loss_fn = LogitAdjustedCrossEntropy((counts / counts.sum()).log(), tau=1.0)
+        loss = loss_fn(torch.randn(8, 3), torch.randint(3, (8,)))  # train with this
+        pred = loss_fn.adjust(torch.randn(8, 3)).argmax(-1)  # or adjust a plain-CE model's logits
+
     Source: kexue.fm/archives/7615; arXiv:2007.07314.
     """
 

@@ -129,6 +129,17 @@ class AMSoftmax(Loss):
     rescaling either. No bias. The forward pass checks shapes and dtypes only (no device-to-host
     sync); out-of-range labels are caught by ``F.cross_entropy`` itself.
 
+    Shape:
+        embeddings: ``[..., d]`` (``d = in_features``); target: ``[...]`` class indices; weight: ``[C, d]``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise; :meth:`cosine`: ``[..., C]``.
+
+    Example::
+
+        head = AMSoftmax(in_features=16, num_classes=10, scale=30.0, margin=0.35)
+        emb = torch.randn(8, 16, requires_grad=True)  # the encoder's output
+        loss = head(emb, torch.randint(10, (8,)))
+        loss.backward()  # gradients for the encoder and the class centres head.weight
+
     Source: kexue.fm/archives/5743; arXiv:1801.05599.
 
     Args:

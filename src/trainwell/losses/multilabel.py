@@ -379,6 +379,17 @@ class MultilabelCategoricalCrossEntropy(Loss):
     """Module form of :func:`multilabel_categorical_crossentropy` (ZLPR, kexue.fm/archives/7359).
 
     Hyperparameters are plain attributes read at call time.
+
+    Shape:
+        input: ``[..., C]`` scores; target: ``[..., C]`` (0/1, bool or soft); mask: broadcastable to input.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = MultilabelCategoricalCrossEntropy()
+        logits, target = torch.randn(8, 20, requires_grad=True), torch.rand(8, 20) < 0.1
+        loss_fn(logits, target).backward()
+        pred = logits.detach() > 0  # the labels: scores above the threshold 0
     """
 
     _repr_fields = ("threshold", "soft")
@@ -465,7 +476,18 @@ def multilabel_rank_loss(
 
 
 class MultilabelRankLoss(Loss):
-    """Module form of :func:`multilabel_rank_loss` (kexue.fm/archives/7359)."""
+    """Module form of :func:`multilabel_rank_loss` (kexue.fm/archives/7359).
+
+    Shape:
+        input: ``[..., C]`` scores; target: ``[..., C]`` hard 0/1; mask: broadcastable to input.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = MultilabelRankLoss(gamma=1.0, margin=0.0)
+        logits, target = torch.randn(8, 20, requires_grad=True), torch.rand(8, 20) < 0.1
+        loss_fn(logits, target).backward()
+    """
 
     _repr_fields = ("gamma", "margin")
 
@@ -613,7 +635,20 @@ def sparse_multilabel_categorical_crossentropy(
 
 
 class SparseMultilabelCategoricalCrossEntropy(Loss):
-    """Module form of :func:`sparse_multilabel_categorical_crossentropy` (kexue.fm/archives/8888)."""
+    """Module form of :func:`sparse_multilabel_categorical_crossentropy` (kexue.fm/archives/8888).
+
+    Shape:
+        input: ``[..., C]`` scores; pos_index: ``[..., P]`` positive class indices, padded with
+        ``pad_index``.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = SparseMultilabelCategoricalCrossEntropy(pad_index=-1)
+        logits = torch.randn(2, 1000, requires_grad=True)
+        pos_index = torch.tensor([[3, 17, -1], [5, -1, -1]])  # the positives of each row, padded
+        loss_fn(logits, pos_index).backward()
+    """
 
     _repr_fields = ("pad_index",)
 

@@ -128,7 +128,15 @@ def taylor_cross_entropy(
 
 
 class TaylorSoftmax(nn.Module):
-    """Module form of :func:`taylor_softmax` (kexue.fm/archives/7919)."""
+    """Module form of :func:`taylor_softmax` (kexue.fm/archives/7919).
+
+    Shape:
+        input: any shape; output: the same shape (normalized along ``dim``).
+
+    Example::
+
+        probs = TaylorSoftmax(order=2)(torch.randn(4, 10))  # [4, 10], each row sums to 1
+    """
 
     def __init__(self, order: int = 2, dim: int = -1, *, monotone: bool = False) -> None:
         super().__init__()
@@ -145,7 +153,18 @@ class TaylorSoftmax(nn.Module):
 
 
 class TaylorCrossEntropy(Loss):
-    """Module form of :func:`taylor_cross_entropy` (kexue.fm/archives/7919)."""
+    """Module form of :func:`taylor_cross_entropy` (kexue.fm/archives/7919).
+
+    Shape:
+        input: ``[..., C]`` logits; target: ``[...]`` class indices.
+        output: ``[...]`` for ``"none"``, a scalar otherwise.
+
+    Example::
+
+        loss_fn = TaylorCrossEntropy(order=2)
+        logits, target = torch.randn(8, 10, requires_grad=True), torch.randint(10, (8,))
+        loss_fn(logits, target).backward()
+    """
 
     _repr_fields = ("order", "monotone")
 

@@ -72,9 +72,9 @@ def _from_4d(mask: Tensor, causal: bool, n_q: int) -> tuple[Tensor | None, bool]
         pad = keys
         if not bool((allowed == (tri & pad.unsqueeze(-2))).all()):
             raise ValueError(
-                "replace_attention(): FAVOR+ has no attention matrix, so it applies only key padding and plain "
-                "causal masks; got a general [B, 1, T, T] attention_mask (e.g. a UniLM or T-TA mask). Run the "
-                "exact model for such masks (restore_attention)"
+                "replace_attention(): FAVOR+ has no attention matrix, so it applies only key padding and "
+                "plain causal masks; got a general [B, 1, T, T] attention_mask (e.g. a UniLM or T-TA mask). "
+                "Run the exact model for such masks (restore_attention)"
             )
         causal = True
     pad = pad[:, 0] if pad.dim() == 3 else pad
@@ -209,9 +209,9 @@ def replace_attention(
     targets = [(name, m) for name, m in model.named_modules() if _is_bert_style(m)]
     if not targets:
         raise ValueError(
-            f"{fn}(): found no BERT/RoBERTa-style attention module (query/key/value linears dispatched through "
-            f"transformers' attention registry) in {type(model).__name__}; supported: BERT, RoBERTa and their "
-            "relatives in transformers 5.x"
+            f"{fn}(): found no BERT/RoBERTa-style attention module (query/key/value linears dispatched "
+            f"through transformers' attention registry) in {type(model).__name__}; supported: BERT, RoBERTa "
+            "and their relatives in transformers 5.x"
         )
     _register()
     ref = next(model.parameters(), None)
@@ -231,7 +231,7 @@ def replace_attention(
 
 
 def restore_attention(model: nn.Module) -> nn.Module:
-    """Undo :func:`replace_attention`: drop the FAVOR+ cores and restore the previous attention implementation."""
+    """Undo :func:`replace_attention`: drop the FAVOR+ cores and restore the previous attention code."""
     fn = "restore_attention"
     check_module("model", model, fn=fn)
     if not hasattr(model, _PREVIOUS):

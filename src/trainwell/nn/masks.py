@@ -97,7 +97,10 @@ def _length_or_mask(length: int | None, attention_mask: Tensor | None, fn: str) 
 
 
 def causal_mask(
-    length: int | None = None, attention_mask: Tensor | None = None, *, device: torch.device | str | None = None
+    length: int | None = None,
+    attention_mask: Tensor | None = None,
+    *,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Left-to-right mask ``M_ij = [j <= i] ∧ nonpad_j``.
 
@@ -116,7 +119,10 @@ def causal_mask(
 
 
 def tta_mask(
-    length: int | None = None, attention_mask: Tensor | None = None, *, device: torch.device | str | None = None
+    length: int | None = None,
+    attention_mask: Tensor | None = None,
+    *,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """T-TA's self-blind mask ``M_ij = nonpad_j ∧ (i ≠ j)``: every token is predicted from all the others.
 
@@ -182,7 +188,9 @@ def masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor
     return (e / torch.where(z > 0, z, torch.ones_like(z))).to(scores.dtype)
 
 
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+def masked_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
     """Exact softmax attention ``softmax(q kᵀ·scale, masked) v`` with zero output on fully masked rows.
 
     The quadratic reference the attention parts are tested against.

@@ -160,7 +160,8 @@ def _check_qkv(fn: str, q: Tensor, k: Tensor, v: Tensor) -> None:
         )
     if q.shape[:-2] != k.shape[:-2]:
         raise ValueError(
-            f"{fn}(): arguments 'q' and 'k' must share their leading dims, got {tuple(q.shape)} and {tuple(k.shape)}"
+            f"{fn}(): arguments 'q' and 'k' must share their leading dims, got {tuple(q.shape)} and "
+            f"{tuple(k.shape)}"
         )
 
 
@@ -219,7 +220,8 @@ def favor_features(
     queries and keys) and ``a_l = ω_l·x' − ‖x'‖²/2``:
 
     - ``"positive"``: ``φ(x) = m^{-1/2} [exp(a_l − c) + ε]_l``;
-    - ``"hyperbolic"``: ``φ(x) = (2m)^{-1/2} [exp(a_l − c) + ε, exp(−ω_l·x' − ‖x'‖²/2 − c) + ε]_l`` (2m features);
+    - ``"hyperbolic"``: ``φ(x) = (2m)^{-1/2} [exp(a_l − c) + ε, exp(−ω_l·x' − ‖x'‖²/2 − c) + ε]_l`` (2m
+      features);
     - ``"trig"``: ``φ(x) = m^{-1/2} exp(‖x'‖²/2 − c) [cos(ω_l·x'), sin(ω_l·x')]_l`` (2m features, may be
       negative: high variance where ``exp(q·k)`` is small).
 
@@ -239,8 +241,8 @@ def favor_features(
         stabilize: subtract the max (turn off only to test that it cancels).
         attention_mask: optional ``[..., n]`` key mask (1/True = real token), keys only.
         causal: keys of causal attention: ``ε`` is anchored to the first position's scale,
-            ``φ(k_j) = m^{-1/2} (exp(a_j − c) + ε·exp(min(a_0^max − c, 0)))``, so the sequence max ``c`` (which
-            depends on future tokens) cancels exactly, ε term included.
+            ``φ(k_j) = m^{-1/2} (exp(a_j − c) + ε·exp(min(a_0^max − c, 0)))``, so the sequence max
+            ``c`` (which depends on future tokens) cancels exactly, ε term included.
 
     Shape:
         ``[..., n, m]`` (``[..., n, 2m]`` for hyperbolic and trig), float32 for half inputs.
@@ -386,10 +388,10 @@ def favor_attention(
 
     ``φ`` = :func:`favor_features` applied to ``q/d^{1/4}`` and ``k/d^{1/4}`` (pass *unscaled* q, k), so
     ``φ(q)·φ(k)`` estimates ``exp(q·k/√d)`` without bias and the output estimates softmax attention.
-    Causal: ``out_i = φ(q_i)·S_i / φ(q_i)·z_i`` with ``S_i = Σ_{j<=i} φ(k_j) v_jᵀ``, ``z_i = Σ_{j<=i} φ(k_j)``,
-    computed over chunks of ``chunk_size`` positions: per-chunk blocks ``φ(K_c)ᵀV_c``, an exclusive cumsum
-    over chunks, and the within-chunk part as one batched lower-triangular matmul — memory
-    O(n·m + (n/c)·m·d_v + n·c), autograd through plain torch ops.
+    Causal: ``out_i = φ(q_i)·S_i / φ(q_i)·z_i`` with ``S_i = Σ_{j<=i} φ(k_j) v_jᵀ`` and
+    ``z_i = Σ_{j<=i} φ(k_j)``, computed over chunks of ``chunk_size`` positions: per-chunk blocks
+    ``φ(K_c)ᵀV_c``, an exclusive cumsum over chunks, and the within-chunk part as one batched
+    lower-triangular matmul — memory O(n·m + (n/c)·m·d_v + n·c), autograd through plain torch ops.
 
     Computed in float32 for half/bfloat16 inputs (float64 stays float64); returned in ``v``'s dtype.
     The key stabiliser is one max over the whole sequence. It cancels exactly; in causal mode the key ``eps``
@@ -399,7 +401,8 @@ def favor_attention(
     Args:
         q: ``[..., n, d]`` queries; k: ``[..., n_k, d]`` keys; v: ``[..., n_k, d_v]`` values.
         projection: ``[m, d]`` random features (:func:`random_projection`), or ``[..., m, d]`` broadcasting
-            against the leading dims (one per head: ``random_projection(m, d, batch_shape=(H,))`` for ``[B, H, n, d]``).
+            against the leading dims (one per head: ``random_projection(m, d, batch_shape=(H,))`` for
+            ``[B, H, n, d]``).
         causal: prefix-sum (left-to-right) attention; needs ``n == n_k``.
         attention_mask: ``[..., n_k]`` Hugging Face style key mask (1/True = real token), broadcast over the
             head dims (``[B, n]`` works for ``[B, H, n, d]``); padded keys get zero feature rows.

@@ -132,7 +132,9 @@ class Pattern:
             b, c = rest.split(mask_token)
         self._pieces = (a, b, c)
 
-    def build(self, tokenizer: Any, text: str, n_masks: int, max_length: int = 128) -> tuple[list[int], list[int]]:
+    def build(
+        self, tokenizer: Any, text: str, n_masks: int, max_length: int = 128
+    ) -> tuple[list[int], list[int]]:
         """Token ids of the filled pattern (with special tokens) and the positions of the slot's masks.
 
         The text is truncated (from its end) so that the sequence fits ``max_length``.
@@ -306,7 +308,9 @@ class PETCollator:
         self.vocab_size = len(tokenizer)
         self.generator = generator
         # never randomly masked: [CLS], [SEP], padding, [UNK], ... (the slot is excluded separately)
-        self.special_ids = torch.tensor(sorted(set(getattr(tokenizer, "all_special_ids", [])) | {self.pad_id}))
+        self.special_ids = torch.tensor(
+            sorted(set(getattr(tokenizer, "all_special_ids", [])) | {self.pad_id})
+        )
 
     def _example(self, ex: Any) -> tuple[str, Any]:
         if isinstance(ex, Mapping):
@@ -399,8 +403,8 @@ class PETClassifier:
         v_model = _model_vocab(mlm_model)
         if v_model is not None and len(tokenizer) > v_model:
             raise ValueError(
-                f"{fn}(): the tokenizer does not match the model: it has {len(tokenizer)} tokens but the model's "
-                f"vocabulary has {v_model}"
+                f"{fn}(): the tokenizer does not match the model: it has {len(tokenizer)} tokens but the "
+                f"model's vocabulary has {v_model}"
             )
         self.model, self.tokenizer, self.pattern, self.verbalizer = mlm_model, tokenizer, pattern, verbalizer
         self.max_length, self.mode = max_length, mode
@@ -440,7 +444,7 @@ class PETClassifier:
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Label log scores ``[N, C]``: ``logsumexp`` over a label's words of ``Σ_j log p(v_j)`` at the slots."""
+        """Label log scores ``[N, C]``: ``logsumexp`` over a label's words of ``Σ_j log p(v_j)`` (slots)."""
         fn = "PETClassifier.score"
         texts = self._check_texts(texts, fn)
         check_int("batch_size", batch_size, fn=fn, min=1)
@@ -485,7 +489,7 @@ class PETClassifier:
         return torch.stack(cols, -1)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Class probabilities ``[N, C]``: the label scores normalised over the labels (softmax of :meth:`score`)."""
+        """Class probabilities ``[N, C]``: the softmax of :meth:`score` over the labels."""
         return torch.softmax(self.score(texts, batch_size=batch_size), dim=-1)
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[Hashable]:
@@ -527,8 +531,12 @@ class PETClassifier:
             fail(fn, "mlm_model", "an nn.Module to train", self.model, exc=TypeError)
         unl = [] if unlabeled is None else self._check_texts(unlabeled, fn)
         if unl and mlm_probability == 0:
-            fail(fn, "mlm_probability", "> 0 when unlabeled texts are given (they only carry the MLM objective)",
-                 mlm_probability)
+            fail(
+                fn,
+                "mlm_probability",
+                "> 0 when unlabeled texts are given (they only carry the MLM objective)",
+                mlm_probability,
+            )
         collate = PETCollator(self.tokenizer, self.pattern, self.verbalizer, mlm_probability=mlm_probability,
                               max_length=self.max_length, generator=generator)
         data: list[tuple[str, Any]] = list(zip(texts, labels)) + [(t, None) for t in unl]
@@ -541,7 +549,9 @@ class PETClassifier:
             for i in range(0, len(order), batch_size):
                 batch = collate([data[j] for j in order[i : i + batch_size]])
                 batch = {k: v.to(dev) for k, v in batch.items()}
-                loss = mlm_loss(_logits(self.model, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+                loss = mlm_loss(
+                    _logits(self.model, batch["input_ids"], batch["attention_mask"]), batch["labels"]
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -318,7 +318,9 @@ def _parent_and_name(model: nn.Module, path: str, fn: str, arg: str) -> tuple[nn
     try:
         target = model.get_submodule(path)
     except AttributeError as err:
-        raise ValueError(f"{fn}(): argument '{arg}' names no submodule of {type(model).__name__}: {err}") from None
+        raise ValueError(
+            f"{fn}(): argument '{arg}' names no submodule of {type(model).__name__}: {err}"
+        ) from None
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     return parent, name, target
@@ -386,8 +388,12 @@ def compress(
             base = getattr(model, "base_model", model)
             emb = getattr(base, "embeddings", None)
             if not isinstance(emb, nn.Module):
-                fail(fn, "replace_embeddings", "a dotted module path (the model has no base_model.embeddings)",
-                     replace_embeddings)
+                fail(
+                    fn,
+                    "replace_embeddings",
+                    "a dotted module path (the model has no base_model.embeddings)",
+                    replace_embeddings,
+                )
             path = next(n for n, m in model.named_modules() if m is emb)
         else:
             path = replace_embeddings

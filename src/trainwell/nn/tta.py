@@ -58,7 +58,11 @@ class TTAOutput:
         return self.to_tuple()[key]
 
     def keys(self) -> list[str]:
-        return [k for k in ("loss", "logits", "hidden_states", "all_hidden_states") if getattr(self, k) is not None]
+        return [
+            k
+            for k in ("loss", "logits", "hidden_states", "all_hidden_states")
+            if getattr(self, k) is not None
+        ]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -121,8 +125,13 @@ class TTALayer(nn.Module):
 
     def forward(self, query: Tensor, kv: Tensor, mask: Tensor) -> Tensor:
         b, t, d = query.shape
-        a = attend(self._heads(self.query(query)), self._heads(self.key(kv)), self._heads(self.value(kv)), mask,
-                   self.attn_dropout if self.training else 0.0)
+        a = attend(
+            self._heads(self.query(query)),
+            self._heads(self.key(kv)),
+            self._heads(self.value(kv)),
+            mask,
+            self.attn_dropout if self.training else 0.0,
+        )
         a = a.transpose(1, 2).reshape(b, t, d)
         h = self.attn_norm(query + self.dropout(self.attn_out(a)))
         return self.ffn_norm(h + self.dropout(self.ffn_out(self._act(self.ffn_in(h)))))
@@ -275,10 +284,10 @@ def tta_from_bert(
     """Build a :class:`TTAEncoder` from a Hugging Face BERT's embeddings and its first ``num_layers`` layers.
 
     Copies the word/position embeddings and the embedding LayerNorm (used for both ``KV = LN(E + P + T_0)``
-    and ``Q_0 = LN(P + T_0 + e_q)``; the segment-0 embedding ``T_0`` is folded into the position table),
-    every layer's q/k/v/o projections, LayerNorms and FFN weights (:class:`TTALayer` with ``query = kv`` is
-    exactly the BERT layer). ``e_q`` is the ``[MASK]`` embedding (``mask_token_id``; zeros if not given), as in
-    the reference code. The output layer is tied to the word embeddings (BERT's MLM transform is not used).
+    and ``Q_0 = LN(P + T_0 + e_q)``; the segment-0 embedding ``T_0`` is folded into the position table), every
+    layer's q/k/v/o projections, LayerNorms and FFN weights (:class:`TTALayer` with ``query = kv`` is exactly
+    the BERT layer). ``e_q`` is the ``[MASK]`` embedding (``mask_token_id``; zeros if not given), as in the
+    reference code. The output layer is tied to the word embeddings (BERT's MLM transform is not used).
 
     Args:
         bert: a ``BertModel`` or a model with a ``.bert`` attribute (``BertForMaskedLM``, ...).

@@ -370,6 +370,18 @@ class AccumSGDM(_AccumOptimizer):
     micro-step under ``model.no_sync()``; the buffers are all-reduce-averaged just before each update,
     which is exact for SGD-momentum because the buffer is linear in the gradients.
 
+    Shape:
+        params: any shapes; ``state[p]["momentum_buffer"]`` is shaped like ``p`` (float32 for half
+        parameters).
+
+    Example::
+
+        model = nn.Linear(8, 2)
+        opt = AccumSGDM(model.parameters(), lr=0.1, momentum=0.9, accum_steps=4)
+        for x in torch.randn(8, 16, 8):  # 8 micro-batches: the weights move twice
+            model(x).square().mean().backward()  # the loss is not divided by accum_steps
+            opt.step(); opt.zero_grad()
+
     Args:
         params: parameters or parameter groups.
         lr: learning rate α (per update, tuned for the effective batch k × micro-batch).
@@ -565,6 +577,18 @@ class AccumAdamW(_AccumOptimizer):
     Scheduling, ``grad=None``, AMP skipping, DDP modes and update-in-backward: as :class:`AccumSGDM`. In DDP
     mode (b) (``sync_moments=True``) m is exact while v averages per-rank means of squares (biased a bit
     further upward). Moments are kept in fp32 for fp16/bf16 parameters.
+
+    Shape:
+        params: any shapes; ``state[p]["exp_avg"]`` and ``state[p]["exp_avg_sq"]`` are shaped like ``p``
+        (float32 for half parameters).
+
+    Example::
+
+        model = nn.Linear(8, 2)
+        opt = AccumAdamW(model.parameters(), lr=1e-3, weight_decay=0.01, accum_steps=4)
+        for x in torch.randn(8, 16, 8):  # 8 micro-batches: the weights move twice
+            model(x).square().mean().backward()  # the loss is not divided by accum_steps
+            opt.step(); opt.zero_grad()
 
     Args:
         params: parameters or parameter groups.
@@ -909,6 +933,14 @@ class UpdateStepScheduler:
     micro-steps it steps exactly ``n`` times and the LR is constant within a cycle. Unlike a bare
     ``if opt.is_update_step: scheduler.step()``, it stays exact when GradScaler skips a micro-step (then
     ``opt.step()`` is not called and ``is_update_step`` still describes the previous call).
+
+    Example::
+
+        model = nn.Linear(8, 2)
+        opt = AccumAdamW(model.parameters(), lr=1e-3, accum_steps=4)
+        sched = UpdateStepScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=10), opt)
+        for x in torch.randn(8, 16, 8):  # two updates, so the inner scheduler steps twice
+            model(x).square().mean().backward(); opt.step(); opt.zero_grad(); sched.step()
     """
 
     def __init__(self, scheduler: Any, optimizer: AccumSGDM | AccumAdamW) -> None:

@@ -131,6 +131,17 @@ class Clipped:
     a ``torch.optim.Optimizer`` subclass: attach LR schedulers to the base optimizer. With
     GradScaler, call ``scaler.unscale_(wrapped)`` before ``scaler.step(wrapped)`` happens implicitly:
     ``scaler.step`` unscales first, and the clip inside ``step`` then sees unscaled grads.
+
+    Shape:
+        params (of the base optimizer): any shapes; the norm is taken over all their gradients together;
+        ``last_norm``: a scalar tensor.
+
+    Example::
+
+        model = nn.Linear(8, 2)
+        opt = Clipped(torch.optim.SGD(model.parameters(), lr=0.1), max_norm=1.0, mode="soft")
+        model(torch.randn(16, 8)).square().mean().backward()
+        opt.step()  # clips the global gradient norm, then steps; opt.last_norm: the norm before
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, max_norm: float = 1.0, mode: str = "hard",

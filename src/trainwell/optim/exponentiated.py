@@ -27,6 +27,16 @@ class ExponentiatedGradient(Optimizer):
     dimension to sum to 1 after the step, which is the classical EG / exponential-weights update on the
     probability simplex.
 
+    Shape:
+        params: any shapes, entries ≥ 0; with ``normalize_dim`` each slice along that dim sums to 1.
+
+    Example::
+
+        w = nn.Parameter(torch.full((4,), 0.25))  # a point of the probability simplex
+        opt = ExponentiatedGradient([w], lr=0.1, normalize_dim=0)
+        (w * torch.tensor([4.0, 3.0, 2.0, 1.0])).sum().backward()
+        opt.step()  # w stays on the simplex; mass moves to the cheapest entry
+
     Args:
         params: parameters (all entries must be >= 0; checked once at construction).
         lr: η >= 0 (no universal default; 1e-2 suits probability-like parameters).

@@ -47,6 +47,17 @@ class StepSizeAdaptation(Optimizer):
     parameter copy). The post's author meant this for plain SGD without momentum: with Adam-like or
     momentum bases consecutive products are often negative and ν can collapse, so a warning is issued.
 
+    Shape:
+        params (of the base optimizer): any shapes; ν (:meth:`multipliers`) is shaped like each parameter
+        (``"element"``), a scalar per parameter (``"tensor"``) or one scalar for all (``"global"``).
+
+    Example::
+
+        model, x, y = nn.Linear(8, 1), torch.randn(32, 8), torch.randn(32, 1)
+        opt = StepSizeAdaptation(torch.optim.SGD(model.parameters(), lr=0.1), meta_lr=0.01)
+        for _ in range(3):
+            opt.zero_grad(); F.mse_loss(model(x), y).backward(); opt.step()
+
     Args:
         optimizer: the base optimizer (any ``torch.optim.Optimizer``).
         meta_lr: γ > 0; for the raw product choose it so that γ·E|s_{t-1} g_t| is about 1e-3..1e-2.

@@ -220,6 +220,17 @@ class ZerothOrder(Optimizer):
     ``m ← μ m + ĝ + λθ``, ``θ ← θ - lr·m``. Use it for a small non-differentiable part of a model (or a
     non-differentiable metric); autograd-trained parameters belong in a separate optimizer.
 
+    Shape:
+        params: any shapes; ``closure()`` returns the objective as a float or a one-element tensor;
+        ``state[p]["momentum_buffer"]`` (with ``momentum > 0``) is shaped like ``p``.
+
+    Example::
+
+        w, target = nn.Parameter(torch.zeros(3)), torch.tensor([1.0, -2.0, 0.5])
+        opt = ZerothOrder([w], lr=0.05, sigma=0.01, num_samples=4, seed=0)
+        for _ in range(200):
+            opt.step(lambda: (w - target).abs().sum())  # no backward: a non-differentiable objective is fine
+
     Args:
         params: parameters to optimise (all perturbed jointly).
         lr: learning rate.

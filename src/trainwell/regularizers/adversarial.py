@@ -52,6 +52,19 @@ class FGM(EmbeddingAttack):
     To first order in ε this trains ``L + ε‖∇_x L‖`` (kexue.fm/archives/7466); the un-normalized step
     ``Δ = ε g`` is :class:`~trainwell.regularizers.FastGradientPenalty` (``L + ε/2‖∇_x L‖²``).
 
+    Shape:
+        ``closure()`` returns a scalar loss. Δ has the shape of ``embedding.weight`` (``[V, D]``,
+        ``mode='matrix'``) or of the embedding output (``[B, ..., D]``, ``mode='output'``: one norm per
+        sample, over all dims but the first). :meth:`step` returns the clean loss (a detached scalar).
+
+    Example::
+
+        model = nn.Sequential(nn.Embedding(100, 16), nn.Flatten(), nn.Linear(6 * 16, 2))
+        opt, fgm = torch.optim.SGD(model.parameters(), lr=0.1), FGM(model[0], epsilon=0.5)
+        ids, y = torch.randint(100, (4, 6)), torch.randint(2, (4,))
+        loss = fgm.step(lambda: F.cross_entropy(model(ids), y))  # .grad: gradient of the attacked loss
+        opt.step()
+
     Args:
         embedding: the module to perturb, e.g. ``model.get_input_embeddings()`` (never a name substring).
         epsilon: perturbation norm ε ≥ 0 (default 1.0; the post's CLUE runs used 0.5). ε = 0 is the
@@ -129,6 +142,19 @@ class PGD(EmbeddingAttack):
     ``.grad`` touched, no DDP sync); the final backward is on ``L(x + r_K)`` (plus the clean loss with
     ``include_clean_loss=True``, the popular NLP variant, e.g. bert4torch). ``steps`` forward passes
     follow the clean one. ``PGD(steps=1, alpha=epsilon)`` is :class:`FGM`.
+
+    Shape:
+        As :class:`FGM`: ``closure()`` returns a scalar loss; ``r`` has the shape of ``embedding.weight``
+        (``mode='matrix'``) or of the embedding output (``mode='output'``); :meth:`step` returns the clean
+        loss (a detached scalar).
+
+    Example::
+
+        model = nn.Sequential(nn.Embedding(100, 16), nn.Flatten(), nn.Linear(6 * 16, 2))
+        opt, pgd = torch.optim.SGD(model.parameters(), lr=0.1), PGD(model[0], epsilon=1.0, alpha=0.3, steps=3)
+        ids, y = torch.randint(100, (4, 6)), torch.randint(2, (4,))
+        loss = pgd.step(lambda: F.cross_entropy(model(ids), y))  # 1 clean + 3 attack passes
+        opt.step()
 
     Args:
         embedding: the module to perturb (``model.get_input_embeddings()``).

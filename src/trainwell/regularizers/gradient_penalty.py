@@ -217,6 +217,18 @@ class FastGradientPenalty(EmbeddingAttack):
     By default both passes draw the same dropout masks (``replay_rng=True``), so the second pass is a
     finite difference of the same function.
 
+    Shape:
+        ``closure()`` returns a scalar loss; ``g`` and the step ``ε·g`` have the shape of the embedding
+        output (``[B, ..., D]``); :meth:`step` returns the clean loss (a detached scalar).
+
+    Example::
+
+        model = nn.Sequential(nn.Embedding(100, 16), nn.Flatten(), nn.Linear(6 * 16, 2))
+        opt, gp = torch.optim.SGD(model.parameters(), lr=0.1), FastGradientPenalty(model[0], epsilon=1.0)
+        ids, y = torch.randint(100, (4, 6)), torch.randint(2, (4,))
+        loss = gp.step(lambda: F.cross_entropy(model(ids), y))  # .grad ≈ ∇(L + ε/2·‖∇_x L‖²)
+        opt.step()
+
     Args:
         embedding: the module whose output is ``x`` (``model.get_input_embeddings()``).
         epsilon: ε ≥ 0 (default 1.0); ε = 0 is the plain step.
@@ -351,6 +363,18 @@ class ParameterGradientPenalty:
     user's ``backward`` on ``(½ + c)·L(θ+)`` and ``(½ − c)·L(θ−)`` (the last one all-reduces under DDP).
     Parameters are restored bit-exactly by copying saved clones. All three passes replay the same
     RNG state (dropout masks), otherwise mask noise divided by ξ would swamp the difference.
+
+    Shape:
+        ``closure()`` returns a scalar loss; the parameters may have any shapes (the direction ``ĝ`` has
+        each parameter's shape); :meth:`step` returns the clean loss (a detached scalar).
+
+    Example::
+
+        model = nn.Linear(8, 1)
+        opt, pen = torch.optim.SGD(model.parameters(), lr=0.1), ParameterGradientPenalty(model, beta=0.1)
+        x, y = torch.randn(16, 8), torch.randn(16, 1)
+        loss = pen.step(lambda: F.mse_loss(model(x), y))  # .grad ≈ ∇(L + β/2·‖∇_θ L‖²)
+        opt.step()
 
     Args:
         params: the parameters θ (an ``nn.Module`` or an iterable of tensors).

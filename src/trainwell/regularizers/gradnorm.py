@@ -87,6 +87,17 @@ class GradientNormalized(nn.Module):
     ``GradientNormalized(critic)`` is GN: ``D/(‖∇_x D‖ + |D|)``; ``GradientNormalized(critic,
     kind="gran", eps=...)`` is GraN: ``D·‖∇_x D‖/(‖∇_x D‖² + ε)``. See :func:`grad_normalize`.
 
+    Shape:
+        x: ``[B, ...]``; the critic's output ``D(x)``: ``[B]`` or ``[B, 1]``; output: the shape of ``D(x)``
+        (float32 for half-precision critics).
+
+    Example::
+
+        critic = GradientNormalized(nn.Sequential(nn.Linear(2, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1)))
+        real, fake = torch.randn(8, 2), torch.randn(8, 2)
+        loss = critic(fake).mean() - critic(real).mean()  # [8, 1] values in (−1, 1)
+        loss.backward()
+
     Args:
         module: the critic ``D`` (one output per sample).
         kind: ``'gn'`` (default) or ``'gran'``; a plain attribute, read at call time.

@@ -50,6 +50,15 @@ __all__ = [
 class GaussianNoise(nn.Module):
     """Adds ``N(0, σ²)`` noise to its input in train mode; identity in eval mode or when ``σ = 0``.
 
+    Shape:
+        x: any shape; output: the same shape and dtype.
+
+    Example::
+
+        noise = GaussianNoise(sigma=0.1)
+        h = noise(torch.randn(8, 16))  # train mode: h + N(0, 0.1²) per element
+        noise.eval()  # from here on the identity
+
     Args:
         sigma: noise standard deviation σ ≥ 0 (no default in the post; a plain attribute, read at call
             time, so it can be scheduled).

@@ -274,6 +274,20 @@ class VAT(EmbeddingPerturbation):
     the whole matrix vanishes below float32 resolution); in ``mode='output'`` (default, the paper) on
     the embedding output, normalized per sample (``norm`` overrides).
 
+    Shape:
+        ``closure()`` returns logits ``[B, ..., C]``, a pair ``(scalar loss, logits)`` or a Hugging Face
+        output. ``r_adv`` has the shape of the embedding output (``mode='output'``) or of
+        ``embedding.weight`` (``mode='matrix'``); :meth:`step` returns ``sup_loss + alpha·LDS`` (a detached
+        scalar).
+
+    Example::
+
+        model = nn.Sequential(nn.Embedding(100, 16), nn.Flatten(), nn.Linear(6 * 16, 2))
+        opt, vat = torch.optim.SGD(model.parameters(), lr=0.1), VAT(model[0], epsilon=1.0)
+        unlabeled = torch.randint(100, (4, 6))
+        lds = vat.step(lambda: model(unlabeled))  # no labels needed
+        opt.step()
+
     Args:
         embedding: the module to perturb (``model.get_input_embeddings()``).
         epsilon: ``‖r_adv‖`` (default 1.0). xi: finite-difference step (default 1e-6, the paper's).

@@ -137,8 +137,12 @@ def _take_per_class(labels: np.ndarray, counts: list[int], rng: np.random.Genera
 
 
 def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[Tensor, Tensor]:
-    tr = torch.from_numpy(train.astype(np.float32) / 255.0 if train.dtype == np.uint8 else train.astype(np.float32))
-    te = torch.from_numpy(test.astype(np.float32) / 255.0 if test.dtype == np.uint8 else test.astype(np.float32))
+    tr = torch.from_numpy(
+        train.astype(np.float32) / 255.0 if train.dtype == np.uint8 else train.astype(np.float32)
+    )
+    te = torch.from_numpy(
+        test.astype(np.float32) / 255.0 if test.dtype == np.uint8 else test.astype(np.float32)
+    )
     mean, std = tr.mean(), tr.std().clamp_min(1e-6)
     return ((tr - mean) / std).unsqueeze(1), ((te - mean) / std).unsqueeze(1)
 
@@ -180,9 +184,12 @@ def load_long_tailed_fashion_mnist(
                             torch.tensor(counts, dtype=torch.int64), "fashion-mnist", CLASS_NAMES)
 
     if verbose:
-        print(f"trainwell lab: Fashion-MNIST idx files not found in {folder} (install the Debian package "
-              f"dataset-fashion-mnist or set {ENV_VAR}); falling back to scikit-learn load_digits (8x8 digits) "
-              "with the same long-tail recipe, scaled down.", file=sys.stderr)
+        print(
+            f"trainwell lab: Fashion-MNIST idx files not found in {folder} (install the Debian package "
+            f"dataset-fashion-mnist or set {ENV_VAR}); falling back to scikit-learn load_digits (8x8 digits) "
+            "with the same long-tail recipe, scaled down.",
+            file=sys.stderr,
+        )
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -194,7 +201,9 @@ def load_long_tailed_fashion_mnist(
     counts = long_tail_counts(min(head, min(pool_sizes)), 10, ratio)
     keep = pool[_take_per_class(labels[pool], counts, rng)]
     if test_per_class is not None:
-        test_idx = test_idx[_take_per_class(labels[test_idx], [min(test_per_class, digits_test_per_class)] * 10, rng)]
+        test_idx = test_idx[
+            _take_per_class(labels[test_idx], [min(test_per_class, digits_test_per_class)] * 10, rng)
+        ]
     x_train, x_test = _standardise(images[keep], images[test_idx])
     return LongTailData(x_train, torch.from_numpy(labels[keep]), x_test, torch.from_numpy(labels[test_idx]),
                         torch.tensor(counts, dtype=torch.int64), "digits", tuple(str(i) for i in range(10)))

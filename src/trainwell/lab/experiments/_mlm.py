@@ -71,7 +71,9 @@ def build_tokenizer(texts: list[str] | tuple[str, ...], min_count: int, max_voca
     import transformers
 
     counts = Counter(c for t in texts for c in t.lower() if not c.isspace())
-    chars = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))[:max_vocab]
+    chars = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))[
+        :max_vocab
+    ]
     pieces = [f"##{c}" for c in chars if c.isascii() and c.isalnum()]
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "vocab.txt").write_text("\n".join(SPECIAL + chars + pieces) + "\n", encoding="utf-8")
@@ -80,13 +82,19 @@ def build_tokenizer(texts: list[str] | tuple[str, ...], min_count: int, max_voca
     return tok
 
 
-def encode(tokenizer: Any, texts: list[str] | tuple[str, ...], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    tokenizer: Any, texts: list[str] | tuple[str, ...], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids``, ``attention_mask`` (``[N, max_len]``, right-padded, ``[CLS] … [SEP]``)."""
-    enc = tokenizer(list(texts), max_length=max_len, truncation=True, padding="max_length", return_tensors="pt")
+    enc = tokenizer(
+        list(texts), max_length=max_len, truncation=True, padding="max_length", return_tensors="pt"
+    )
     return enc["input_ids"], enc["attention_mask"]
 
 
-def _mask_tokens(ids: torch.Tensor, att: torch.Tensor, tok: Any, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _mask_tokens(
+    ids: torch.Tensor, att: torch.Tensor, tok: Any, g: torch.Generator
+) -> tuple[torch.Tensor, ...]:
     special = torch.isin(ids, torch.tensor(tok.all_special_ids)) | (att == 0)
     chosen = (torch.rand(ids.shape, generator=g) < 0.15) & ~special
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
@@ -113,8 +121,13 @@ def _pretrain(cfg: MLMConfig, cache_dir: str | None) -> tuple[dict[str, torch.Te
     texts = data.train_texts if cfg.n_texts is None else data.train_texts[: cfg.n_texts]
     tok = build_tokenizer(texts, cfg.min_count, cfg.max_vocab)
     bert_cfg = transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-        intermediate_size=cfg.intermediate, max_position_embeddings=max(64, cfg.max_len), pad_token_id=0,
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        max_position_embeddings=max(64, cfg.max_len),
+        pad_token_id=0,
     )
     path = Path(cache_dir) / f"mlm-{cfg.key()}.pt" if cache_dir else None
     if path is not None and path.is_file():

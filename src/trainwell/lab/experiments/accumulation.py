@@ -162,8 +162,8 @@ EXPERIMENT = Experiment(
     title="Built-in gradient accumulation in Adam at micro-batch 4 (Fashion-MNIST MLP)",
     metric="test accuracy",
     claim=(
-        "At a small micro-batch, Adam with built-in accumulation matches buffer accumulation (within 1 point), "
-        "both are at least as good as LR gating alone, and gating alone beats plain small-batch Adam."
+        "At a small micro-batch, Adam with built-in accumulation matches buffer accumulation (within 1 "
+        "point), both are at least as good as LR gating alone, and gating alone beats plain small-batch Adam."
     ),
     methods=METHODS,
     run_seed=run_seed,

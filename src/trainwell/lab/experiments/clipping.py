@@ -9,7 +9,8 @@ dynamics, so the data only provide a realistic design matrix; the exact ``θ⁴`
 run alongside (``info['theta4']``).
 
 Methods (each tuned on a learning-rate grid; clipped ones also over the threshold γ; reported is the
-best final loss over the grid (quick: γ ∈ {10, 100}; full: {3, 10, 30, 100}), as in the paper's "well-tuned fixed step" baseline):
+best final loss over the grid (quick: γ ∈ {10, 100}; full: {3, 10, 30, 100}), as in the paper's "well-tuned
+fixed step" baseline):
 - ``GD (tuned)``: plain gradient descent;
 - ``hard clip (tuned)``: ``g·min(1, γ/‖g‖)`` via :func:`trainwell.optim.clip_grad_norm_`;
 - ``soft clip (tuned)``: ``g·γ/(‖g‖+γ)`` (``mode="soft"``);
@@ -75,7 +76,9 @@ def _train(
             gn = math.sqrt(sum(float((g * g).sum()) for g in grads))
             if prev is not None:
                 dg = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(grads, prev[1])))
-                dw = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip((w.detach() for w in ws), prev[0])))
+                dw = math.sqrt(
+                    sum(float(((a - b) ** 2).sum()) for a, b in zip((w.detach() for w in ws), prev[0]))
+                )
                 if dw > 0 and gn > 0:
                     smooth.append((gn, dg / dw))
             prev = ([w.detach().clone() for w in ws], [g.clone() for g in grads])
@@ -149,7 +152,9 @@ def run_seed(ctx: RunContext) -> SeedResult:
             "steps": steps,
             "chosen": {names[m]: {"lr": best[m][2], "gamma": best[m][3]} for m in ("gd", "hard", "soft")},
             "corr_log_smoothness_log_gradnorm": corr,
-            "smoothness_vs_gradnorm": [[round(a, 6), round(b, 6)] for a, b in smooth[:: max(1, len(smooth) // 200)]],
+            "smoothness_vs_gradnorm": [
+                [round(a, 6), round(b, 6)] for a, b in smooth[:: max(1, len(smooth) // 200)]
+            ],
             "theta4": _theta4(),
         },
     )

@@ -75,7 +75,9 @@ def _cooc(sentences: list[list[str]], index: dict[str, int]) -> np.ndarray:
     return counts.reshape(v, v)
 
 
-def _cross_entropy(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _cross_entropy(
+    u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
     logp = torch.log_softmax(u @ w.T + bias, dim=1)
     return -(counts * logp).sum() / counts.sum()
 

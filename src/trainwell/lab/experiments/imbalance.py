@@ -52,12 +52,36 @@ TAU = 1.0
 GAMMA = 2.0
 # Per-mode training settings (Adam, cosine decay to 0). "head" is class 0's training size.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "tiny": {"model": "mlp", "hidden": 64, "width": None, "epochs": 2, "batch": 128, "lr": 1e-3, "head": 300,
-             "test_per_class": 100},
-    "quick": {"model": "mlp", "hidden": 256, "width": None, "epochs": 6, "batch": 256, "lr": 1e-3, "head": 6000,
-              "test_per_class": None},
-    "full": {"model": "cnn", "hidden": 128, "width": 16, "epochs": 12, "batch": 128, "lr": 1e-3, "head": 6000,
-             "test_per_class": None},
+    "tiny": {
+        "model": "mlp",
+        "hidden": 64,
+        "width": None,
+        "epochs": 2,
+        "batch": 128,
+        "lr": 1e-3,
+        "head": 300,
+        "test_per_class": 100,
+    },
+    "quick": {
+        "model": "mlp",
+        "hidden": 256,
+        "width": None,
+        "epochs": 6,
+        "batch": 256,
+        "lr": 1e-3,
+        "head": 6000,
+        "test_per_class": None,
+    },
+    "full": {
+        "model": "cnn",
+        "hidden": 128,
+        "width": 16,
+        "epochs": 12,
+        "batch": 128,
+        "lr": 1e-3,
+        "head": 6000,
+        "test_per_class": None,
+    },
 }
 
 
@@ -75,8 +99,14 @@ def balanced_accuracy(pred: Tensor, target: Tensor, num_classes: int) -> float:
 
 
 def _mlp(in_dim: int, hidden: int, num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_dim, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
 
 
 def _cnn(num_classes: int, width: int = 16, hidden: int = 128) -> nn.Module:
@@ -138,8 +168,12 @@ def _train(
 def run_seed(ctx: RunContext) -> SeedResult:
     cfg = SETTINGS[ctx.mode]
     tpc = cfg["test_per_class"]
-    data = load_long_tailed_fashion_mnist(ctx.seed, head=int(cfg["head"] or 6000),
-                                          test_per_class=None if tpc is None else int(tpc), verbose=ctx.is_main)
+    data = load_long_tailed_fashion_mnist(
+        ctx.seed,
+        head=int(cfg["head"] or 6000),
+        test_per_class=None if tpc is None else int(tpc),
+        verbose=ctx.is_main,
+    )
     k = data.num_classes
     log_prior = log_prior_from_counts(data.counts)
     weights = class_balanced_weights(data.counts, tau=1.0)
@@ -181,9 +215,14 @@ def run_seed(ctx: RunContext) -> SeedResult:
         values={m: values[m] for m in METHODS},
         secondary={"head acc (classes 0-2)": head, "tail acc (classes 7-9)": tail},
         curves=curves,
-        info={"source": data.source, "train_size": int(data.y_train.numel()), "test_size": int(data.y_test.numel()),
-              "counts": data.counts.tolist(), "per_class_accuracy": per_class,
-              "settings": dict(cfg)},
+        info={
+            "source": data.source,
+            "train_size": int(data.y_train.numel()),
+            "test_size": int(data.y_test.numel()),
+            "counts": data.counts.tolist(),
+            "per_class_accuracy": per_class,
+            "settings": dict(cfg),
+        },
     )
 
 

@@ -69,12 +69,24 @@ def run_seed(ctx: RunContext) -> SeedResult:
     return SeedResult(
         values={MUL: max_err(mul), DIV: max_err(div), MUL_RANDOM: max_err(rr), MUL_BF16: max_err(r16)},
         secondary={
-            "mean relative error": {MUL: mean_err(mul), DIV: mean_err(div), MUL_RANDOM: mean_err(rr),
-                                    MUL_BF16: mean_err(r16)},
-            "max ratio approx/exact": {MUL: float(mul.max()), DIV: float(div.max()), MUL_RANDOM: float(rr.max()),
-                                       MUL_BF16: float(r16.max())},
-            "min ratio approx/exact": {MUL: float(mul.min()), DIV: float(div.min()), MUL_RANDOM: float(rr.min()),
-                                       MUL_BF16: float(r16.min())},
+            "mean relative error": {
+                MUL: mean_err(mul),
+                DIV: mean_err(div),
+                MUL_RANDOM: mean_err(rr),
+                MUL_BF16: mean_err(r16),
+            },
+            "max ratio approx/exact": {
+                MUL: float(mul.max()),
+                DIV: float(div.max()),
+                MUL_RANDOM: float(rr.max()),
+                MUL_BF16: float(r16.max()),
+            },
+            "min ratio approx/exact": {
+                MUL: float(mul.min()),
+                DIV: float(div.min()),
+                MUL_RANDOM: float(rr.min()),
+                MUL_BF16: float(r16.min()),
+            },
         },
         info={
             "mantissa_bits": bits,
@@ -107,7 +119,10 @@ def _plot(res: dict[str, Any], cells: list[SeedResult], out_dir: Path) -> list[P
     mul, div = _ratios(bits)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     ext = (0.0, 1.0, 0.0, 1.0)
-    for ax, r, title in ((axes[0], 1 - mul, "multiply: 1 - approx/exact"), (axes[1], div - 1, "divide: approx/exact - 1")):
+    for ax, r, title in (
+        (axes[0], 1 - mul, "multiply: 1 - approx/exact"),
+        (axes[1], div - 1, "divide: approx/exact - 1"),
+    ):
         im = ax.imshow(r.numpy(), origin="lower", extent=ext, cmap="viridis")
         ax.set_xlabel("mantissa x2")
         ax.set_ylabel("mantissa x1")
@@ -135,7 +150,8 @@ EXPERIMENT = Experiment(
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7991; Mitchell 1962; arXiv:2012.03458",
-    reported="Relative error of the product ≤ 1/9 ≈ 11.1%; division ≤ 12.5%; 12.3 × 4.56 ≈ 53.68 (exact 56.088).",
+    reported="Relative error of the product ≤ 1/9 ≈ 11.1%; division ≤ 12.5%; 12.3 × 4.56 ≈ 53.68 (exact "
+             "56.088).",
     seeds={"tiny": 1, "quick": 1, "full": 1},
     full_runtime="≈10 s (exact sweep; full adds 10^7 random float32 pairs)",
     plot=_plot,

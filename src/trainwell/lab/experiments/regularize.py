@@ -68,16 +68,16 @@ the baseline by more than 2 SE. These are three seeds of a small model on 1,200 
 of the effects is uncertain: on the probe seeds 1–3 FGM and GP gained only +0.3 test points (+1.0 /
 +0.6 dev).
 
-Full mode (``--full``) fine-tunes the packaged MiniLM on the English Pang & Lee sentence polarity set
-instead, where the posts made their claim (methods baseline, FGM, PGD, GP, fast GP, R-Drop, flooding; 3
-seeds; see :mod:`trainwell.lab.experiments._finetune`). The earlier char-CNN full setting trained on the
-whole training split (12,155 reviews, 100 characters, 64-d embeddings, 128 filters) for 8 epochs; the baseline peaks at ≈ 82.5% dev accuracy by epoch 3 and then
-over-fits mildly. A one-seed probe of that setting (128 characters, seed 1234; not a full run) gave
-test / dev accuracy: baseline 81.8 / 82.6, FGM 83.2 / 83.5, GP 82.5 / 83.5, R-Drop 82.8 / 83.1 — the
-post's direction, of unknown reliability from one seed. Caveat (architecture notes): the post's
-gains are for fine-tuning a pretrained BERT; a small model trained from scratch tends to show
-differences within seed noise — hence the MiniLM full mode (about 40 minutes on 2 CPU cores with 800
-training sentences, estimated from a timed probe).
+Full mode (``--full``) fine-tunes the packaged MiniLM on the English Pang & Lee sentence polarity set instead,
+where the posts made their claim (methods baseline, FGM, PGD, GP, fast GP, R-Drop, flooding; 3 seeds; see
+:mod:`trainwell.lab.experiments._finetune`). The earlier char-CNN full setting trained on the whole training
+split (12,155 reviews, 100 characters, 64-d embeddings, 128 filters) for 8 epochs; the baseline peaks at ≈
+82.5% dev accuracy by epoch 3 and then over-fits mildly. A one-seed probe of that setting (128 characters,
+seed 1234; not a full run) gave test / dev accuracy: baseline 81.8 / 82.6, FGM 83.2 / 83.5, GP 82.5 / 83.5,
+R-Drop 82.8 / 83.1 — the post's direction, of unknown reliability from one seed. Caveat (architecture notes):
+the post's gains are for fine-tuning a pretrained BERT; a small model trained from scratch tends to show
+differences within seed noise — hence the MiniLM full mode (about 40 minutes on 2 CPU cores with 800 training
+sentences, estimated from a timed probe).
 """
 
 from __future__ import annotations
@@ -439,12 +439,15 @@ def _effects_md(res: dict[str, Any], effects: dict[str, dict[str, Any]], focus: 
     for m, e in effects.items():
         w = "n/a (1 seed)" if e["within_noise"] is None else ("yes" if e["within_noise"] else "no")
         lines.append(
-            f"| {m} | {100 * e['delta']:+.2f} | {100 * e['paired_se']:.2f} | {100 * e['pooled_std']:.2f} | {w} |"
+            f"| {m} | {100 * e['delta']:+.2f} | {100 * e['paired_se']:.2f} | {100 * e['pooled_std']:.2f} | "
+            f"{w} |"
         )
     noisy = [m for m in focus if m in effects and effects[m]["within_noise"]]
     lines += ["", "Claim methods: " + ", ".join(focus) + "."]
     if noisy:
-        lines.append("Within seed noise: " + ", ".join(noisy) + " — the sign of Δ is not established by this run.")
+        lines.append(
+            "Within seed noise: " + ", ".join(noisy) + " — the sign of Δ is not established by this run."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -489,20 +492,24 @@ def judge(stats: dict[str, MethodStats]) -> bool:
 
 EXPERIMENT = Experiment(
     name="regularize",
-    title="Regularizers vs plain training: char-CNN on Chinese sentiment (quick), MiniLM on Pang & Lee (full)",
+    title="Regularizers vs plain training: char-CNN on Chinese sentiment (quick), MiniLM on Pang & Lee "
+          "(full)",
     metric="test_acc",
-    claim="FGM adversarial training and the input-gradient penalty each beat the plain baseline "
-    "(post: +1–2 points with BERT on CLUE); judged as the 95% paired-bootstrap CI of FGM − baseline and of GP − baseline (per seed) each above 0.",
+    claim="FGM adversarial training and the input-gradient penalty each beat the plain baseline (post: +1–2 "
+    "points with BERT on CLUE); judged as the 95% paired-bootstrap CI of FGM − baseline and of GP − baseline "
+    "(per seed) each above 0.",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7234; kexue.fm/archives/7466; kexue.fm/archives/8496 (R-Drop); "
-    "kexue.fm/archives/7643 (flooding); kexue.fm/archives/7681 (WEISSI); arXiv 1412.6572, 1706.06083, 2106.14448",
+    "kexue.fm/archives/7643 (flooding); kexue.fm/archives/7681 (WEISSI); arXiv 1412.6572, 1706.06083, "
+    "2106.14448",
     reported="CLUE dev accuracy, BERT-base: IFLYTEK baseline 60.29, FGM 62.46, GP 62.31, R-Drop 62.69; "
     "TNEWS 56.58, 57.66, 57.81, 57.51",
     seeds={"tiny": 1, "quick": 3, "full": 3},
-    full_runtime="about 40 min on 2 CPU cores (estimated, not measured end to end: MiniLM fine-tuned on 800 Pang & Lee "
-    "sentences, 2 epochs, 7 methods × 3 seeds; 1,180 CPU-s per seed from a timed probe of the full path)",
+    full_runtime="about 40 min on 2 CPU cores (estimated, not measured end to end: MiniLM fine-tuned on 800 "
+                 "Pang & Lee sentences, 2 epochs, 7 methods × 3 seeds; 1,180 CPU-s per seed from a timed "
+                 "probe of the full path)",
     plot=_plot,
     version="3",
 )

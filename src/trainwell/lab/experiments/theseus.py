@@ -31,8 +31,9 @@ anything). ``paired.md`` gives the paired per-seed differences with their spread
 
 Modes: tiny (seconds; a 32-wide MLM pretrained for a few steps; proves the pipeline). Quick: 64-wide
 MLM (6 layers, 32 characters) pretrained for 800 steps (batch 64, lr 2e-3), then 1,500 labelled
-reviews, batch 64, lr 1e-3, teacher 4 epochs, Theseus 2 + 2 epochs, direct 4 epochs; 3 seeds. Full: 128-wide MLM pretrained for 6,000 steps on
-64-character texts, the whole training split, teacher 3 epochs, Theseus 3 + 2, direct 5; 5 seeds.
+reviews, batch 64, lr 1e-3, teacher 4 epochs, Theseus 2 + 2 epochs, direct 4 epochs; 3 seeds. Full:
+128-wide MLM pretrained for 6,000 steps on 64-character texts, the whole training split, teacher 3
+epochs, Theseus 3 + 2, direct 5; 5 seeds.
 
 Quick run (seeds 1234-1236, test accuracy, mean ± std; a machine shared with other jobs, 791 s wall
 of which ≈ 400 s the one-off pretraining, cached afterwards): teacher 71.28 ± 0.95, direct-3 68.87 ±
@@ -289,15 +290,15 @@ EXPERIMENT = Experiment(
     name="theseus",
     title="BERT-of-Theseus: 6-layer char BERT on Chinese sentiment compressed to 3 and 2 layers",
     metric="test_acc",
-    claim="A 3-layer Theseus successor beats fine-tuning the first 3 pretrained layers directly and keeps most "
-    "of the teacher; judged as Theseus-3 above direct-3 by more than the pooled seed std and "
-    "Theseus-3 − direct-3 > ½ (teacher − direct-3).",
+    claim="A 3-layer Theseus successor beats fine-tuning the first 3 pretrained layers directly and keeps "
+          "most of the teacher; judged as Theseus-3 above direct-3 by more than the pooled seed std and "
+          "Theseus-3 − direct-3 > ½ (teacher − direct-3).",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7575; arXiv:2002.02925",
-    reported="CLUE iflytek accuracy, BERT-base: teacher 12 layers 60.11, direct first-6 58.99, direct first-3 57.96, "
-    "Theseus 6 layers 59.61, Theseus 3 layers 59.36",
+    reported="CLUE iflytek accuracy, BERT-base: teacher 12 layers 60.11, direct first-6 58.99, direct "
+             "first-3 57.96, Theseus 6 layers 59.61, Theseus 3 layers 59.36",
     seeds={"tiny": 1, "quick": 3, "full": 5},
     full_runtime="estimated 2-3 h on 2 CPU cores (6,000-step MLM pretraining of a 128-wide 6-layer BERT, "
     "then per seed 12,155 reviews × (3 + 5 + 5 + 5 + 5) epochs at 64 characters); not run here",

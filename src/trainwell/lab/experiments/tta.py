@@ -85,7 +85,7 @@ def load_corpus(vocab: int, max_len: int, n_test: int) -> Corpus:
 
 
 class MLMEncoder(nn.Module):
-    """BERT-style MLM of the same shape as :class:`~trainwell.nn.TTAEncoder` (layer outputs feed the next layer)."""
+    """BERT-style MLM shaped like :class:`~trainwell.nn.TTAEncoder` (layer outputs feed the next layer)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
                  intermediate_size: int, max_position: int, dropout: float) -> None:
@@ -176,11 +176,23 @@ class _Cfg:
 
 def _cfg(ctx: RunContext) -> _Cfg:
     return ctx.pick(
-        tiny=_Cfg(vocab=1000, max_len=16, n_test=64, hidden=32, layers=1, heads=2, batch=32, budget_s=1.0, lr=2e-3),
-        quick=_Cfg(vocab=2000, max_len=20, n_test=300, hidden=64, layers=2, heads=4, batch=32, budget_s=15.0,
-                   lr=3e-3),
-        full=_Cfg(vocab=8000, max_len=32, n_test=1000, hidden=128, layers=3, heads=4, batch=64, budget_s=240.0,
-                  lr=1e-3),
+        tiny=_Cfg(
+            vocab=1000, max_len=16, n_test=64, hidden=32, layers=1, heads=2, batch=32, budget_s=1.0, lr=2e-3
+        ),
+        quick=_Cfg(
+            vocab=2000, max_len=20, n_test=300, hidden=64, layers=2, heads=4, batch=32, budget_s=15.0, lr=3e-3
+        ),
+        full=_Cfg(
+            vocab=8000,
+            max_len=32,
+            n_test=1000,
+            hidden=128,
+            layers=3,
+            heads=4,
+            batch=64,
+            budget_s=240.0,
+            lr=1e-3,
+        ),
     )
 
 
@@ -198,7 +210,9 @@ def _run_seed(ctx: RunContext) -> SeedResult:
     data = load_corpus(cfg.vocab, cfg.max_len, cfg.n_test)
     v = data.vocab_size
     torch.manual_seed(ctx.seed)
-    tta = TTAEncoder(v, cfg.hidden, cfg.layers, cfg.heads, 4 * cfg.hidden, cfg.max_len, pad_id=PAD, dropout=0.1)
+    tta = TTAEncoder(
+        v, cfg.hidden, cfg.layers, cfg.heads, 4 * cfg.hidden, cfg.max_len, pad_id=PAD, dropout=0.1
+    )
     torch.manual_seed(ctx.seed)
     mlm = MLMEncoder(v, cfg.hidden, cfg.layers, cfg.heads, 4 * cfg.hidden, cfg.max_len, 0.1)
     opts = {"T-TA": torch.optim.AdamW(tta.parameters(), lr=cfg.lr),
@@ -241,12 +255,16 @@ def _run_seed(ctx: RunContext) -> SeedResult:
             "signal_tokens": signal,
             "params": {"T-TA": sum(p.numel() for p in tta.parameters()),
                        "MLM": sum(p.numel() for p in mlm.parameters())}}
-    return SeedResult(values=acc, secondary={"signal tokens/s": rate, "steps": {m: float(steps[m]) for m in METHODS}},
-                      curves={f"{m}/train loss": losses[m] for m in METHODS}, info=info)
+    return SeedResult(
+        values=acc,
+        secondary={"signal tokens/s": rate, "steps": {m: float(steps[m]) for m in METHODS}},
+        curves={f"{m}/train loss": losses[m] for m in METHODS},
+        info=info,
+    )
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """T-TA's held-out accuracy above the MLM's by more than the pooled seed std (the rate is checked in info)."""
+    """T-TA's held-out accuracy above the MLM's by more than the pooled seed std (rate checked in info)."""
     if not all(m in stats for m in METHODS):
         return False
     return stats["T-TA"].clearly_above(stats["MLM"])
@@ -256,9 +274,9 @@ EXPERIMENT = Experiment(
     name="tta",
     title="T-TA vs same-size MLM on KJV verses at equal wall time: predict-token-i-from-the-rest accuracy",
     metric="held-out accuracy of p(x_i | rest)",
-    claim="T-TA trains every position in one pass and, at equal wall time, predicts held-out tokens from their "
-    "context better than a same-size 15%-masking MLM (judged: accuracy gap beyond the pooled seed std; the "
-    "signal-token rate is reported alongside).",
+    claim="T-TA trains every position in one pass and, at equal wall time, predicts held-out tokens from "
+          "their context better than a same-size 15%-masking MLM (judged: accuracy gap beyond the pooled "
+          "seed std; the signal-token rate is reported alongside).",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,

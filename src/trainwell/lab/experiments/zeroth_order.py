@@ -91,7 +91,9 @@ def _reinforce_grad(params: list[Tensor], x: Tensor, y: Tensor, k: int, gen: tor
 def _zo_ascent(params: list[Tensor], x: Tensor, y: Tensor, samples: int, sigma: float,
                gen: torch.Generator) -> Tensor:
     ps = [p.detach().clone() for p in params]
-    zo_grad(lambda: -_accuracy(ps, x, y), ps, num_samples=samples, sigma=sigma, antithetic=True, generator=gen)
+    zo_grad(
+        lambda: -_accuracy(ps, x, y), ps, num_samples=samples, sigma=sigma, antithetic=True, generator=gen
+    )
     return -torch.cat([p.grad.reshape(-1) for p in ps if p.grad is not None])
 
 
@@ -200,9 +202,9 @@ EXPERIMENT = Experiment(
     title="Maximising accuracy directly: REINFORCE vs zeroth-order vs CE (digits, linear softmax)",
     metric="test accuracy (cosine rows: cosine)",
     claim=(
-        "The zeroth-order gradient of argmax accuracy points where the policy gradient points (cosine ≥ 0.7 of "
-        "averaged estimates) and both optimise accuracy directly to the same level (within 0.05), well above "
-        "the initial model."
+        "The zeroth-order gradient of argmax accuracy points where the policy gradient points (cosine ≥ 0.7 "
+        "of averaged estimates) and both optimise accuracy directly to the same level (within 0.05), well "
+        "above the initial model."
     ),
     methods=METHODS,
     run_seed=run_seed,
