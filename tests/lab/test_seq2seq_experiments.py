@@ -1,4 +1,5 @@
-"""The ``mathwp``, ``dialog`` and ``qagen`` lab experiments: tiny end-to-end runs, schema, data rules, judges."""
+"""The ``mathwp``, ``dialog`` and ``qagen`` lab experiments: tiny end-to-end runs, schema, data rules,
+judges."""
 
 from __future__ import annotations
 
