@@ -9,8 +9,9 @@ Measure, fixed before any run: for every held-out review that the model classifi
 scores of the tokens toward the review's own class (F = softmax probability of that class, zero-embedding
 baseline, 50 trapezoid steps); the review's **top-token score** is its largest token score. The rows
 ``IG top-token score (negative reviews)`` / ``(positive reviews)`` are the per-seed means of that score over
-the negative / positive reviews. ``claim_holds`` is True when the negative-review mean is above the
-positive-review mean by more than the pooled seed std (``MethodStats.clearly_above``). The report also gives
+the negative / positive reviews. ``claim_holds`` is True when the negative-review score is above the
+positive-review score: the 95% paired bootstrap CI of the per-seed difference lies above 0
+(``MethodStats.clearly_above``). The report also gives
 their ratio, the top-token *share* ``max_t s_t / Σ_t |s_t|`` (how concentrated the evidence is, independent
 of the size of ``F(x) − F(x̄)``), the baseline's probability of "negative", and the characters that are most
 often the top token in each class.
@@ -276,7 +277,7 @@ def _write_heatmaps(out_dir: Path, toks: list[list[str]], ig: Tensor, disp: Tens
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """Negative reviews' mean IG top-token score exceeds the positive reviews' by more than the pooled std."""
+    """Negative reviews' mean IG top-token score exceeds the positive reviews': paired per-seed CI above 0."""
     if NEG_ROW not in stats or POS_ROW not in stats:
         return False
     return stats[NEG_ROW].clearly_above(stats[POS_ROW])
@@ -288,7 +289,8 @@ EXPERIMENT = Experiment(
     metric="top_token_score",
     claim="IG highlights negative words in negative reviews much more than positive words in positive "
     "ones (a 'negativity detector'); judged as the mean top-token IG score of correctly classified negative "
-    "reviews above that of positive reviews by more than the pooled seed std.",
+    "reviews above that of positive reviews, the 95% paired bootstrap CI of the per-seed difference lying "
+    "above 0.",
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
