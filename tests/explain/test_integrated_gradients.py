@@ -1,4 +1,5 @@
-"""Integrated gradients: exactness, completeness, axioms, captum equality, chunking and errors (models.md §9.6)."""
+"""Integrated gradients: exactness, completeness, axioms, captum equality, chunking and errors (models.md
+§9.6)."""
 
 from __future__ import annotations
 
@@ -141,7 +142,11 @@ def test_baseline_forms_broadcast() -> None:
     x = torch.randn(2, 3, 4, dtype=torch.float64)
     f = lambda t: (t * w).sum((1, 2))  # noqa: E731
     ref, _ = integrated_gradients(f, x, torch.full_like(x, 0.5), n_steps=3)
-    for b in (0.5, torch.full((3, 4), 0.5, dtype=torch.float64), torch.full((1, 3, 4), 0.5, dtype=torch.float64)):
+    for b in (
+        0.5,
+        torch.full((3, 4), 0.5, dtype=torch.float64),
+        torch.full((1, 3, 4), 0.5, dtype=torch.float64),
+    ):
         got, _ = integrated_gradients(f, x, b, n_steps=3)
         assert torch.allclose(got, ref, atol=1e-14)
 
@@ -211,8 +216,13 @@ def test_model_parameters_restored_and_unchanged() -> None:
 
 @pytest.mark.parametrize(
     "ours,theirs",
-    [("gausslegendre", "gausslegendre"), ("riemann_left", "riemann_left"), ("riemann_right", "riemann_right"),
-     ("riemann_middle", "riemann_middle"), ("riemann_trapezoid", "riemann_trapezoid")],
+    [
+        ("gausslegendre", "gausslegendre"),
+        ("riemann_left", "riemann_left"),
+        ("riemann_right", "riemann_right"),
+        ("riemann_middle", "riemann_middle"),
+        ("riemann_trapezoid", "riemann_trapezoid"),
+    ],
 )
 def test_equals_captum_integrated_gradients(ours: str, theirs: str) -> None:
     captum_attr = pytest.importorskip("captum.attr")
@@ -222,8 +232,9 @@ def test_equals_captum_integrated_gradients(ours: str, theirs: str) -> None:
     tgt = [0, 1, 2, 2, 1, 0]
     ig = captum_attr.IntegratedGradients(lambda t: net(t).softmax(-1))
     ref, ref_d = ig.attribute(x, xb, target=tgt, n_steps=25, method=theirs, return_convergence_delta=True)
-    got, d = integrated_gradients(lambda t: net(t).softmax(-1), x, xb, target=tgt, n_steps=25, method=ours,
-                                  internal_batch_size=40)
+    got, d = integrated_gradients(
+        lambda t: net(t).softmax(-1), x, xb, target=tgt, n_steps=25, method=ours, internal_batch_size=40
+    )
     assert (got - ref).abs().max() < 1e-6
     assert (d - ref_d).abs().max() < 1e-6
 

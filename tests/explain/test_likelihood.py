@@ -134,11 +134,14 @@ def test_residual_kl_equals_generic_gaussian_kl() -> None:
     assert (got - ref).abs().max() < 1e-10
     zero = residual_normal_kl(torch.zeros(4, dtype=D64), torch.zeros(4, dtype=D64), torch.randn(4, dtype=D64))
     assert torch.equal(zero, torch.zeros(4, dtype=D64))
-    tiny = residual_normal_kl(torch.zeros(1, dtype=D64), torch.full((1,), 1e-9, dtype=D64), torch.zeros(1, dtype=D64))
+    tiny = residual_normal_kl(
+        torch.zeros(1, dtype=D64), torch.full((1,), 1e-9, dtype=D64), torch.zeros(1, dtype=D64)
+    )
     assert float(tiny) == pytest.approx(1e-18, rel=1e-6)  # ½(e^{2t} − 1 − 2t) ≈ t² without cancellation
-    assert torch.autograd.gradcheck(residual_normal_kl, (dmu[:5].clone().requires_grad_(),
-                                                         dls[:5].clone().requires_grad_(),
-                                                         ls[:5].clone().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        residual_normal_kl,
+        (dmu[:5].clone().requires_grad_(), dls[:5].clone().requires_grad_(), ls[:5].clone().requires_grad_()),
+    )
     half = residual_normal_kl(dmu.bfloat16(), dls.bfloat16(), ls.bfloat16())
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
 
@@ -148,7 +151,9 @@ def test_errors() -> None:
     x = torch.randn(2, 4, dtype=D64)
     with pytest.raises(ValueError, match=r"iw_log_likelihood\(\): argument 'num_samples' must be >= 1"):
         iw_log_likelihood(m.posterior, m.decoder_log_prob, m.prior_log_prob, x, 0)
-    with pytest.raises(TypeError, match=r"argument 'encoder' must be a callable returning a torch.distributions"):
+    with pytest.raises(
+        TypeError, match=r"argument 'encoder' must be a callable returning a torch.distributions"
+    ):
         iw_log_likelihood(lambda t: t, m.decoder_log_prob, m.prior_log_prob, x, 5)
     with pytest.raises(ValueError, match=r"argument 'decoder_log_prob' must be a callable returning one"):
         iw_log_likelihood(m.posterior, lambda a, z: z.sum(), m.prior_log_prob, x, 5)

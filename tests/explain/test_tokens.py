@@ -1,4 +1,5 @@
-"""Token attributions on a tiny random Hugging Face BERT classifier, captum LIG equality, heat-map rendering."""
+"""Token attributions on a tiny random Hugging Face BERT classifier, captum LIG equality, heat-map
+rendering."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def test_complete_within_one_percent_and_positions_not_interpolated(bert: nn.Mod
         p = bert(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits.softmax(-1)
         emb = bert.get_input_embeddings()
         # F(baseline): zero *token* embedding, real positions and segments (inputs_embeds path)
-        p0 = bert(inputs_embeds=torch.zeros_like(emb(ids)), attention_mask=mask, token_type_ids=tt).logits.softmax(-1)
+        p0 = bert(
+            inputs_embeds=torch.zeros_like(emb(ids)), attention_mask=mask, token_type_ids=tt
+        ).logits.softmax(-1)
     idx = torch.arange(3), r.target
     d_f = p[idx] - p0[idx]
     assert torch.equal(r.target, p.argmax(-1))
@@ -62,21 +65,39 @@ def test_equals_captum_layer_integrated_gradients(bert: nn.Module) -> None:
     lig = captum_attr.LayerIntegratedGradients(f, bert.get_input_embeddings())
     target = torch.tensor([0, 2, 1])
     for method in ("gausslegendre", "riemann_trapezoid", "riemann_middle"):
-        ref, ref_d = lig.attribute(ids, baselines=torch.zeros_like(ids), target=target, n_steps=16, method=method,
-                                   additional_forward_args=(mask, tt), return_convergence_delta=True,
-                                   internal_batch_size=12)
-        r = token_attributions(bert, ids, mask, tt, target=target, baseline="pad", n_steps=16, method=method,
-                               internal_batch_size=12)
+        ref, ref_d = lig.attribute(
+            ids,
+            baselines=torch.zeros_like(ids),
+            target=target,
+            n_steps=16,
+            method=method,
+            additional_forward_args=(mask, tt),
+            return_convergence_delta=True,
+            internal_batch_size=12,
+        )
+        r = token_attributions(
+            bert,
+            ids,
+            mask,
+            tt,
+            target=target,
+            baseline="pad",
+            n_steps=16,
+            method=method,
+            internal_batch_size=12,
+        )
         assert (r.scores - ref.sum(-1) * mask).abs().max() < 1e-6
         assert (r.delta - ref_d).abs().max() < 1e-6
 
 
 def test_logit_output_baselines_and_chunking(bert: nn.Module) -> None:
     ids, mask, _ = _batch()
-    full = token_attributions(bert, ids, mask, target=1, output="logit", baseline="mask", mask_token_id=3,
-                              n_steps=20)
-    part = token_attributions(bert, ids, mask, target=1, output="logit", baseline=3, n_steps=20,
-                              internal_batch_size=5)
+    full = token_attributions(
+        bert, ids, mask, target=1, output="logit", baseline="mask", mask_token_id=3, n_steps=20
+    )
+    part = token_attributions(
+        bert, ids, mask, target=1, output="logit", baseline=3, n_steps=20, internal_batch_size=5
+    )
     assert torch.allclose(full.scores, part.scores, atol=1e-5)
     with torch.no_grad():
         lg = bert(input_ids=ids, attention_mask=mask).logits[:, 1]
@@ -154,8 +175,13 @@ def test_render_html_escapes_and_png(tmp_path: Path) -> None:
     toks = ["<b>", "很", "好", "&", "bad"]
     ctx = pytest.warns(UserWarning, match="no CJK font") if cjk_font() is None else warnings.catch_warnings()
     with ctx:
-        html = render_tokens(toks, torch.tensor([0.5, -1.0, 0.2, 0.0, 1.0]), title="a <title>",
-                             html_path=tmp_path / "t.html", png_path=tmp_path / "t.png")
+        html = render_tokens(
+            toks,
+            torch.tensor([0.5, -1.0, 0.2, 0.0, 1.0]),
+            title="a <title>",
+            html_path=tmp_path / "t.html",
+            png_path=tmp_path / "t.png",
+        )
     assert "&lt;b&gt;" in html and "<b>" not in html.replace("&lt;b&gt;", "") and "&amp;" in html
     assert "a &lt;title&gt;" in html and html.count("<span") == 5
     assert (tmp_path / "t.html").read_text(encoding="utf-8").startswith("<!doctype html>")

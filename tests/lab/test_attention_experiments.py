@@ -56,3 +56,14 @@ def test_attention_tiny_run_and_judge(tmp_path) -> None:  # type: ignore[no-unty
     assert not judge({**good, SLOPE_FAVOR: _s(1.6, 1.7)})
     assert not judge({**good, "positive ORF": _s(0.5, 0.51)})
     assert not judge({**good, "trig ORF": _s(0.3, 0.3)})
+
+
+def test_attention_judge_is_paired() -> None:
+    from trainwell.lab.experiments.attention import SLOPE_EXACT, SLOPE_FAVOR, judge
+
+    base = {"positive iid": _s(0.50, 0.60, 0.70), "trig ORF": _s(3.0, 3.5, 4.0),
+            SLOPE_FAVOR: _s(1.0, 1.05, 1.1), SLOPE_EXACT: _s(1.9, 2.0, 2.1)}
+    # ORF lower by 0.005 on every seed: far inside the pooled std (0.1), but a consistent paired gain
+    assert judge({**base, "positive ORF": _s(0.495, 0.595, 0.695)})
+    # lower mean, but higher than iid on one seed of three: not established
+    assert not judge({**base, "positive ORF": _s(0.40, 0.50, 0.71)})

@@ -1,4 +1,5 @@
-"""The ``mathwp``, ``dialog`` and ``qagen`` lab experiments: tiny end-to-end runs, schema, data rules, judges."""
+"""The ``mathwp``, ``dialog`` and ``qagen`` lab experiments: tiny end-to-end runs, schema, data rules,
+judges."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def test_mathwp_tiny(tmp_path) -> None:
     assert judge(ok)
     assert not judge({**ok, "teacher forcing / beam 3": s(0.4, 0.41)})
     assert not judge({**ok, "TeaForN N=2 / beam 1": s(0.3, 0.31)})
+
+
+def test_mathwp_judge_is_paired_non_inferiority() -> None:
+    from trainwell.lab.experiments.mathwp import judge
+
+    s = lambda *v: MethodStats(list(v))  # noqa: E731
+    tf1 = s(0.50, 0.52, 0.54)
+    ok = {"teacher forcing / beam 1": tf1, "teacher forcing / beam 3": tf1, "TeaForN N=2 / beam 1": tf1}
+    assert judge(ok)
+    # a small loss on every seed is clearly below (the pooled std 0.02 would have hidden it)
+    assert not judge({**ok, "TeaForN N=2 / beam 1": s(0.49, 0.51, 0.53)})
+    assert not judge({**ok, "teacher forcing / beam 3": s(0.49, 0.51, 0.53)})
+    # a loss that flips sign on one seed of three is not (even with a lower mean)
+    assert judge({**ok, "teacher forcing / beam 3": s(0.45, 0.53, 0.55)})
+    assert judge({**ok, "TeaForN N=2 / beam 1": s(0.45, 0.53, 0.55)})
 
 
 def test_mathematics_expressions() -> None:

@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-CHARS = list("0123456789+-*/().%^=x") + list("abcdefghijklmnopqrstuvwxyz?,") + list("加减乘除等于是多少问答你好吗我很天气今")
+CHARS = (
+    list("0123456789+-*/().%^=x")
+    + list("abcdefghijklmnopqrstuvwxyz?,")
+    + list("加减乘除等于是多少问答你好吗我很天气今")
+)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -31,8 +35,13 @@ def tiny_bert(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 32)
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     cfg = transformers.BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=2 * hidden, max_position_embeddings=128, hidden_dropout_prob=0.0,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForMaskedLM(cfg).eval()
@@ -42,8 +51,17 @@ def tiny_gpt2(vocab_size: int = 40, seed: int = 0, eos: int = 1) -> Any:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     cfg = transformers.GPT2Config(
-        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=eos, pad_token_id=eos,
+        vocab_size=vocab_size,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=eos,
+        pad_token_id=eos,
     )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
@@ -63,8 +81,13 @@ class TinyEncoder(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.tok
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
         x = self.tok(input_ids) if inputs_embeds is None else inputs_embeds
         t = x.shape[1]
         x = x + self.pos(torch.arange(t, device=x.device)) + self.typ(token_type_ids)

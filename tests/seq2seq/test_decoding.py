@@ -1,4 +1,5 @@
-"""generate / greedy_search / beam_search / sample: equivalences, exhaustive search, KV cache, stops, errors."""
+"""generate / greedy_search / beam_search / sample: equivalences, exhaustive search, KV cache, stops,
+errors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from .conftest import tiny_gpt2
 
 
 class TableLM:
-    """Next-token log-probs from a fixed table indexed by (step, last token): an LM we can search exhaustively."""
+    """Next-token log-probs from a fixed table indexed by (step, last token): an LM we can search
+    exhaustively."""
 
     def __init__(self, vocab: int = 4, steps: int = 4, prompt_len: int = 2, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -103,12 +105,20 @@ def test_early_stop_and_padding() -> None:
         logits[~ends, 1] = 5.0
         return logits
 
-    out = greedy_search(fn, torch.zeros(3, 1, dtype=torch.long), max_new_tokens=10, eos_token_id=4, pad_token_id=0)
+    out = greedy_search(
+        fn, torch.zeros(3, 1, dtype=torch.long), max_new_tokens=10, eos_token_id=4, pad_token_id=0
+    )
     assert calls["n"] == 3 and out.shape == (3, 4)
     assert out[:, 1:].tolist() == [[4, 0, 0], [1, 4, 0], [1, 1, 4]]
     calls["n"] = 0
-    out = beam_search(fn, torch.zeros(3, 1, dtype=torch.long), num_beams=2, max_new_tokens=10, eos_token_id=4,
-                      pad_token_id=0)
+    out = beam_search(
+        fn,
+        torch.zeros(3, 1, dtype=torch.long),
+        num_beams=2,
+        max_new_tokens=10,
+        eos_token_id=4,
+        pad_token_id=0,
+    )
     # the last row's two hypotheses end at steps 3 and 4: decoding stops there, not at max_new_tokens
     assert calls["n"] == 4 and out[:, 1:].tolist() == [[4, 0, 0], [1, 4, 0], [1, 1, 4]]
 
@@ -155,10 +165,18 @@ def test_hf_model_kv_cache_equals_recompute_and_transformers() -> None:
     for nb in (1, 3):
         cached = generate(model, ids, max_new_tokens=12, num_beams=nb, eos_token_id=1, pad_token_id=1)
         plain = generate(recompute, ids, max_new_tokens=12, num_beams=nb, eos_token_id=1, pad_token_id=1)
-        nocache = generate(model, ids, max_new_tokens=12, num_beams=nb, eos_token_id=1, pad_token_id=1,
-                           use_cache=False)
-        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, num_beams=nb,
-                            do_sample=False, eos_token_id=1, pad_token_id=1)
+        nocache = generate(
+            model, ids, max_new_tokens=12, num_beams=nb, eos_token_id=1, pad_token_id=1, use_cache=False
+        )
+        hf = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            num_beams=nb,
+            do_sample=False,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
         assert torch.equal(cached, plain) and torch.equal(cached, nocache)
         assert torch.equal(cached, hf)
 
@@ -192,7 +210,9 @@ def test_extreme_and_low_precision_logits(dtype: torch.dtype) -> None:
     g = greedy_search(fn, ids, max_new_tokens=6)
     assert torch.equal(g, beam_search(fn, ids, num_beams=1, max_new_tokens=6))
     b = beam_search(fn, ids, num_beams=3, max_new_tokens=6)
-    s = sample(fn, ids, max_new_tokens=6, top_p=0.9, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    s = sample(
+        fn, ids, max_new_tokens=6, top_p=0.9, temperature=0.5, generator=torch.Generator().manual_seed(0)
+    )
     for out in (g, b, s):
         assert out.shape == (3, 7) and int(out.min()) >= 0 and int(out.max()) < 5
     assert torch.equal(s, g)  # with gaps of ~1e4 the nucleus holds only the argmax
@@ -208,12 +228,27 @@ def test_left_padded_batch_matches_transformers_and_unpadded_rows() -> None:
     am[1, :4] = 0
     ids[am == 0] = 1
     for nb in (1, 3):
-        ours = generate(model, ids, attention_mask=am, max_new_tokens=8, num_beams=nb, eos_token_id=1, pad_token_id=1)
-        hf = model.generate(ids, attention_mask=am, max_new_tokens=8, num_beams=nb, do_sample=False, eos_token_id=1,
-                            pad_token_id=1)
+        ours = generate(
+            model, ids, attention_mask=am, max_new_tokens=8, num_beams=nb, eos_token_id=1, pad_token_id=1
+        )
+        hf = model.generate(
+            ids,
+            attention_mask=am,
+            max_new_tokens=8,
+            num_beams=nb,
+            do_sample=False,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
         assert torch.equal(ours, hf)
         for r in range(3):
-            alone = generate(model, ids[r : r + 1, am[r].bool()], max_new_tokens=8, num_beams=nb, eos_token_id=1,
-                             pad_token_id=1)
+            alone = generate(
+                model,
+                ids[r : r + 1, am[r].bool()],
+                max_new_tokens=8,
+                num_beams=nb,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
             n = alone.shape[1] - int(am[r].sum())
             assert alone[0, -n:].tolist() == ours[r, 6 : 6 + n].tolist()

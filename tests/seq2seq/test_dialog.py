@@ -70,7 +70,9 @@ def test_causality(tokenizer, kind: str) -> None:
         x = b["input_ids"].clone()
         x[0, j] = (x[0, j] + 11) % v
         out = model(x, b["attention_mask"], b["token_type_ids"]).logits
-        assert torch.allclose(out[:, :j], base[:, :j], atol=1e-6) and not torch.allclose(out[:, j:], base[:, j:])
+        assert torch.allclose(out[:, :j], base[:, :j], atol=1e-6) and not torch.allclose(
+            out[:, j:], base[:, j:]
+        )
     assert model.bidirectional == (kind == "bert")
 
 
@@ -92,8 +94,12 @@ def test_respond_stops_and_top1_is_deterministic(tokenizer) -> None:
         if getattr(model.model.cls.predictions, "bias", None) is not None:
             model.model.cls.predictions.bias[tokenizer.sep_token_id] = 1e4
     assert model.respond(DIALOGUE[:2]) == ""
-    replies = {DialogueLM(tiny_gpt2(tokenizer.vocab_size), tokenizer).respond(
-        DIALOGUE[:1], top_k=5, max_new_tokens=6, generator=torch.Generator().manual_seed(s)) for s in range(6)}
+    replies = {
+        DialogueLM(tiny_gpt2(tokenizer.vocab_size), tokenizer).respond(
+            DIALOGUE[:1], top_k=5, max_new_tokens=6, generator=torch.Generator().manual_seed(s)
+        )
+        for s in range(6)
+    }
     assert len(replies) > 1  # sampling gives different replies to the same history
 
 

@@ -132,7 +132,12 @@ def test_bracket_removal_preserves_value_and_is_idempotent(expr: str) -> None:
 
 def test_dataset_reads_ape210k_jsonl(tmp_path) -> None:
     rows = [
-        {"id": "1", "original_text": "一本书150元，打20%的折扣……", "equation": "x=150*20%/5%-150", "ans": "450"},
+        {
+            "id": "1",
+            "original_text": "一本书150元，打20%的折扣……",
+            "equation": "x=150*20%/5%-150",
+            "ans": "450",
+        },
         {"id": "2", "original_text": "3(1/2)乘以4", "equation": "x=3(1/2)*4", "ans": "14"},
         {"id": "3", "original_text": "坏题", "equation": "x=1+1", "ans": "3"},
         {"id": "4", "original_text": "无法解析", "equation": "x=import os", "ans": "1"},

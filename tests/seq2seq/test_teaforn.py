@@ -38,12 +38,15 @@ def test_dependency_structure_by_autograd() -> None:
     ids = torch.randint(0, 30, (1, length), generator=torch.Generator().manual_seed(1))
     gold = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     _, hidden = tf.passes(inputs_embeds=gold)
-    probe = torch.randn(hidden[0].shape[-1], generator=torch.Generator().manual_seed(0))  # (a LayerNorm'd sum is flat)
+    probe = torch.randn(
+        hidden[0].shape[-1], generator=torch.Generator().manual_seed(0)
+    )  # (a LayerNorm'd sum is flat)
     for n in range(1, n_steps + 1):
         for p in range(length):
             (grad,) = torch.autograd.grad(hidden[n - 1][0, p] @ probe, gold, retain_graph=True)
             norms = grad[0].norm(dim=-1)
-            # output at position p of pass n depends on gold tokens 0..p-n+1 only (post: h^(n)_t on w_0..w_{t-n})
+            # output at position p of pass n depends on gold tokens 0..p-n+1 only (post: h^(n)_t on
+            # w_0..w_{t-n})
             last = max(p - n + 1, 0)
             assert torch.all(norms[last + 1 :] == 0), (n, p, norms)
             assert norms[last] > 0

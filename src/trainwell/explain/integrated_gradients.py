@@ -113,12 +113,19 @@ def _baselines(baselines: Any, inputs: tuple[Tensor, ...], single: bool, *, fn: 
     if baselines is None:
         return tuple(torch.zeros_like(x) for x in inputs)
     if isinstance(baselines, (Tensor, int, float)) and not isinstance(baselines, bool):
-        items: tuple[Any, ...] = (baselines,) * len(inputs) if not isinstance(baselines, Tensor) else (baselines,)
+        items: tuple[Any, ...] = (
+            (baselines,) * len(inputs) if not isinstance(baselines, Tensor) else (baselines,)
+        )
     elif isinstance(baselines, (tuple, list)):
         items = tuple(baselines)
     else:
-        fail(fn, "baselines", "None, a number, a tensor or a tuple of them (one per input)", baselines,
-             exc=TypeError)
+        fail(
+            fn,
+            "baselines",
+            "None, a number, a tensor or a tuple of them (one per input)",
+            baselines,
+            exc=TypeError,
+        )
     if len(items) != len(inputs):
         fail(fn, "baselines", f"one baseline per input ({len(inputs)})", baselines)
     out = []
@@ -129,7 +136,11 @@ def _baselines(baselines: Any, inputs: tuple[Tensor, ...], single: bool, *, fn: 
         if not isinstance(b, Tensor):
             out.append(torch.full_like(x, float(b)))
             continue
-        if b.shape != x.shape and b.shape not in (torch.Size([1, *x.shape[1:]]), x.shape[1:]) and b.dim() != 0:
+        if (
+            b.shape != x.shape
+            and b.shape not in (torch.Size([1, *x.shape[1:]]), x.shape[1:])
+            and b.dim() != 0
+        ):
             raise ValueError(
                 f"{fn}(): argument '{name}' must have the input's shape {tuple(x.shape)}, "
                 f"[1, {', '.join(str(s) for s in x.shape[1:])}] or {tuple(x.shape[1:])}, got {tuple(b.shape)}"
@@ -174,8 +185,12 @@ def _select(out: Any, target: Tensor | None, rows: int, *, fn: str) -> Tensor:
     flat = out.reshape(rows, -1)
     if target is None:
         if flat.shape[1] != 1:
-            fail(fn, "target", f"a class index in [0, {flat.shape[1]}) (the output has {flat.shape[1]} "
-                 "scores per example)", None)
+            fail(
+                fn,
+                "target",
+                f"a class index in [0, {flat.shape[1]}) (the output has {flat.shape[1]} scores per example)",
+                None,
+            )
         return flat[:, 0].float() if flat.dtype in (torch.float16, torch.bfloat16) else flat[:, 0]
     sel = flat.gather(1, target.view(-1, 1)).squeeze(1)
     return sel.float() if sel.dtype in (torch.float16, torch.bfloat16) else sel
@@ -186,8 +201,9 @@ def _check_target_range(target: Tensor | None, n_out: int, *, fn: str) -> None:
         return
     lo, hi = int(target.min()), int(target.max())
     if lo < 0 or hi >= n_out:
-        raise ValueError(f"{fn}(): argument 'target' must hold class indices in [0, {n_out}), got "
-                         f"{lo if lo < 0 else hi}")
+        raise ValueError(
+            f"{fn}(): argument 'target' must hold class indices in [0, {n_out}), got {lo if lo < 0 else hi}"
+        )
 
 
 @contextlib.contextmanager
@@ -230,7 +246,8 @@ def integrated_gradients(
     r"""Integrated gradients of ``forward_fn`` at ``inputs`` relative to ``baselines``.
 
     .. math::
-        \mathrm{IG}_i(x) = (x_i-\bar x_i)\sum_k w_k\,\frac{\partial F}{\partial x_i}\big(\bar x+\alpha_k(x-\bar x)\big),
+        \mathrm{IG}_i(x) = (x_i-\bar x_i)\sum_k w_k\,\frac{\partial F}{\partial x_i}\big(\bar
+        x+\alpha_k(x-\bar x)\big),
         \qquad \delta = \textstyle\sum_i \mathrm{IG}_i - \big(F(x)-F(\bar x)\big)
 
     ``F`` is ``forward_fn(*inputs, *additional_forward_args)`` at ``target`` (one score per example).
@@ -315,7 +332,9 @@ def integrated_gradients(
                 tail = [1] * (x.dim() - 1)
                 if aligned:
                     a = a64[start // batch : start // batch + n_s].to(x.dtype).view(n_s, 1, *tail)
-                    path = torch.lerp(b.unsqueeze(0), x.detach().unsqueeze(0), a).reshape(len(r), *x.shape[1:])
+                    path = torch.lerp(b.unsqueeze(0), x.detach().unsqueeze(0), a).reshape(
+                        len(r), *x.shape[1:]
+                    )
                 else:
                     a = a64[step].to(x.dtype).view(-1, *tail)
                     path = torch.lerp(b.index_select(0, ex), x.detach().index_select(0, ex), a)
@@ -328,8 +347,9 @@ def integrated_gradients(
                     checked = True
                 score = _select(out, tr, len(r), fn=fn)
                 # The quadrature weights seed the backward, so the gradients come out already weighted.
-                grads = torch.autograd.grad(score, scaled, grad_outputs=w[step].to(score.dtype),
-                                            allow_unused=True)
+                grads = torch.autograd.grad(
+                    score, scaled, grad_outputs=w[step].to(score.dtype), allow_unused=True
+                )
             for acc, g, x in zip(sums, grads, xs):
                 if g is None:  # the output does not depend on this input: zero attribution
                     continue
@@ -348,12 +368,15 @@ def integrated_gradients(
             if k is None:
                 dest.copy_(_forward_scores(forward_fn, pts, extra, tgt, chunk, batch, fn=fn).to(acc_dt))
     attributions = tuple(
-        (s * (x.detach().to(s.dtype) - b.to(s.dtype))).to(x.dtype if x.dtype != torch.float16 and
-                                                         x.dtype != torch.bfloat16 else torch.float32)
+        (s * (x.detach().to(s.dtype) - b.to(s.dtype))).to(
+            x.dtype if x.dtype != torch.float16 and x.dtype != torch.bfloat16 else torch.float32
+        )
         for s, x, b in zip(sums, xs, bs)
     )
-    total = sum((s * (x.detach().to(s.dtype) - b.to(s.dtype))).reshape(batch, -1).sum(1)
-                for s, x, b in zip(sums, xs, bs))
+    total = sum(
+        (s * (x.detach().to(s.dtype) - b.to(s.dtype))).reshape(batch, -1).sum(1)
+        for s, x, b in zip(sums, xs, bs)
+    )
     delta = total - (f_input - f_base)
     assert isinstance(delta, Tensor)
     return (attributions[0] if single else attributions), delta
@@ -383,8 +406,10 @@ def _forward_scores(
     for start in range(0, batch, chunk):
         idx = torch.arange(start, min(start + chunk, batch), device=points[0].device)
         args = [p.index_select(0, idx) for p in points]
-        more = [e.index_select(0, idx) if isinstance(e, Tensor) and e.dim() >= 1 and e.shape[0] == batch else e
-                for e in extra]
+        more = [
+            e.index_select(0, idx) if isinstance(e, Tensor) and e.dim() >= 1 and e.shape[0] == batch else e
+            for e in extra
+        ]
         tr = None if tgt is None else tgt.index_select(0, idx)
         outs.append(_select(forward_fn(*args, *more), tr, len(idx), fn=fn))
     return torch.cat(outs)
@@ -418,14 +443,30 @@ class IntegratedGradients:
         return True
 
     @overload
-    def attribute(self, inputs: Tensor | tuple[Tensor, ...], baselines: Any = ..., target: Any = ...,
-                  additional_forward_args: Any = ..., n_steps: int = ..., method: str = ...,
-                  internal_batch_size: int | None = ..., *, return_convergence_delta: bool) -> Any: ...
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: Any = ...,
+        target: Any = ...,
+        additional_forward_args: Any = ...,
+        n_steps: int = ...,
+        method: str = ...,
+        internal_batch_size: int | None = ...,
+        *,
+        return_convergence_delta: bool,
+    ) -> Any: ...
 
     @overload
-    def attribute(self, inputs: Tensor | tuple[Tensor, ...], baselines: Any = ..., target: Any = ...,
-                  additional_forward_args: Any = ..., n_steps: int = ..., method: str = ...,
-                  internal_batch_size: int | None = ...) -> Tensor | tuple[Tensor, ...]: ...
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: Any = ...,
+        target: Any = ...,
+        additional_forward_args: Any = ...,
+        n_steps: int = ...,
+        method: str = ...,
+        internal_batch_size: int | None = ...,
+    ) -> Tensor | tuple[Tensor, ...]: ...
 
     def attribute(
         self,
@@ -438,12 +479,24 @@ class IntegratedGradients:
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
     ) -> Any:
-        """Attributions (and the convergence delta if ``return_convergence_delta``), captum's order of args."""
+        """Attributions (and the convergence delta if ``return_convergence_delta``), captum's order of
+        args."""
         if not isinstance(return_convergence_delta, bool):
-            fail("IntegratedGradients.attribute", "return_convergence_delta", "a bool", return_convergence_delta,
-                 exc=TypeError)
+            fail(
+                "IntegratedGradients.attribute",
+                "return_convergence_delta",
+                "a bool",
+                return_convergence_delta,
+                exc=TypeError,
+            )
         attr, delta = integrated_gradients(
-            self.forward_func, inputs, baselines=baselines, target=target, n_steps=n_steps, method=method,
-            internal_batch_size=internal_batch_size, additional_forward_args=additional_forward_args,
+            self.forward_func,
+            inputs,
+            baselines=baselines,
+            target=target,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+            additional_forward_args=additional_forward_args,
         )
         return (attr, delta) if return_convergence_delta else attr

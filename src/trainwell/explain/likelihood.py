@@ -62,7 +62,8 @@ def _log_weights(
     reparam: bool,
     fn: str,
 ) -> Tensor:
-    """``[k, B]`` log importance weights ``log p(x|z) + log p(z) − log q(z|x)`` for ``k`` draws per example."""
+    """``[k, B]`` log importance weights ``log p(x|z) + log p(z) − log q(z|x)`` for ``k`` draws per
+    example."""
     b = x.shape[0]
     z = dist.rsample((k,)) if reparam else dist.sample((k,))
     if not isinstance(z, Tensor) or z.dim() < 2 or z.shape[:2] != (k, b):
@@ -98,7 +99,8 @@ def iw_log_likelihood(
     r"""Importance-sampled estimate of ``log p(x)`` per example (evaluation; no gradients).
 
     .. math::
-        \log\hat p_K(x)=\operatorname{logsumexp}_{k=1}^{K}\big(\log p(x|z_k)+\log p(z_k)-\log q(z_k|x)\big)-\log K
+        \log\hat p_K(x)=\operatorname{logsumexp}_{k=1}^{K}\big(\log p(x|z_k)+\log p(z_k)-\log
+        q(z_k|x)\big)-\log K
 
     The ``K`` samples are drawn in chunks of ``chunk_size`` and combined by a running log-sum-exp, so
     memory is that of one chunk and log-weights far below −1000 stay finite.
@@ -129,7 +131,9 @@ def iw_log_likelihood(
     done = 0
     while done < k_total:
         k = min(chunk, k_total - done)
-        lse = torch.logsumexp(_log_weights(dist, decoder_log_prob, prior_log_prob, x, k, reparam=False, fn=fn), 0)
+        lse = torch.logsumexp(
+            _log_weights(dist, decoder_log_prob, prior_log_prob, x, k, reparam=False, fn=fn), 0
+        )
         running = lse if running is None else torch.logaddexp(running, lse)
         done += k
     assert running is not None
@@ -146,7 +150,9 @@ def iwae_loss(
 ) -> Tensor:
     r"""IWAE training loss ``−log p̂_K(x)`` with reparameterised samples (K = 1: the VAE's negative ELBO).
 
-    .. math:: \mathcal L_K(x) = -\operatorname{logsumexp}_{k}\big(\log p(x|z_k)+\log p(z_k)-\log q(z_k|x)\big)+\log K
+    .. math::
+        \mathcal L_K(x) = -\operatorname{logsumexp}_{k}\big(\log p(x|z_k)+\log p(z_k)
+        -\log q(z_k|x)\big)+\log K
 
     Args:
         encoder, decoder_log_prob, prior_log_prob, x: as in :func:`iw_log_likelihood`; the encoder's
@@ -200,7 +206,9 @@ def bits_per_dim(log_likelihood: Tensor, num_dims: int, num_levels: int | None =
 def residual_normal_kl(delta_mu: Tensor, delta_log_sigma: Tensor, log_sigma: Tensor) -> Tensor:
     r"""NVAE's residual-posterior KL, elementwise: ``KL(N(μ+Δμ, σ²Δσ²) ‖ N(μ, σ²))``.
 
-    .. math:: \mathrm{KL}_i = \tfrac12\Big(\frac{\Delta\mu_i^2}{\sigma_i^2}+\Delta\sigma_i^2-\log\Delta\sigma_i^2-1\Big)
+    .. math::
+        \mathrm{KL}_i =
+        \tfrac12\Big(\frac{\Delta\mu_i^2}{\sigma_i^2}+\Delta\sigma_i^2-\log\Delta\sigma_i^2-1\Big)
 
     with ``σ = exp(log_sigma)`` (the prior's scale) and ``Δσ = exp(delta_log_sigma)``. The posterior is
     parameterised relative to the prior, so the KL does not depend on ``μ`` and is 0 at ``Δμ = 0,

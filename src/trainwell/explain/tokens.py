@@ -94,9 +94,9 @@ def _logits(out: Any) -> Tensor:
 
 def _token_id(model: nn.Module, given: int | None, attr: str, name: str) -> int:
     if given is not None:
-        v = check_int(name, given, fn="token_attributions", min=0)
-        assert v is not None
-        return v
+        checked = check_int(name, given, fn="token_attributions", min=0)
+        assert checked is not None
+        return checked
     cfg = getattr(model, "config", None)
     v = getattr(cfg, attr, None) if cfg is not None else None
     if v is None:
@@ -175,7 +175,9 @@ def token_attributions(
     if not isinstance(e, Tensor) or e.dim() != 3 or e.shape[:2] != input_ids.shape:
         fail(fn, "model.get_input_embeddings()", "a module mapping ids [B, T] to embeddings [B, T, d]", e)
     e = e.detach().float() if e.dtype in (torch.float16, torch.bfloat16) else e.detach()
-    b_emb = _baseline_embeddings(model, emb_module, baseline, input_ids, e, pad_token_id, mask_token_id, fn=fn)
+    b_emb = _baseline_embeddings(
+        model, emb_module, baseline, input_ids, e, pad_token_id, mask_token_id, fn=fn
+    )
 
     kwargs_names = ["attention_mask", "token_type_ids"]
     extras = [attention_mask, token_type_ids]
@@ -202,7 +204,12 @@ def token_attributions(
                     hook.value = None
             target = pred
         attr, delta = integrated_gradients(
-            forward, e, baselines=b_emb, target=target, n_steps=n_steps, method=method,
+            forward,
+            e,
+            baselines=b_emb,
+            target=target,
+            n_steps=n_steps,
+            method=method,
             internal_batch_size=internal_batch_size,
             additional_forward_args=(input_ids, *(t for _, t in present)),
         )
@@ -234,17 +241,28 @@ def _baseline_embeddings(
     if isinstance(baseline, Tensor):
         check_tensor("baseline", baseline, fn=fn, kind="float")
         if baseline.shape not in (e.shape, e.shape[1:]):
-            raise ValueError(f"{fn}(): argument 'baseline' must have the embeddings' shape {tuple(e.shape)} or "
-                             f"{tuple(e.shape[1:])}, got {tuple(baseline.shape)}")
+            raise ValueError(
+                f"{fn}(): argument 'baseline' must have the embeddings' shape {tuple(e.shape)} or "
+                f"{tuple(e.shape[1:])}, got {tuple(baseline.shape)}"
+            )
         return baseline.detach().to(e.dtype).expand_as(e)
     if isinstance(baseline, bool) or not isinstance(baseline, (str, int)):
-        fail(fn, "baseline", "'zeros', 'pad', 'mask', a token id or an embedding tensor", baseline, exc=TypeError)
+        fail(
+            fn,
+            "baseline",
+            "'zeros', 'pad', 'mask', a token id or an embedding tensor",
+            baseline,
+            exc=TypeError,
+        )
     if isinstance(baseline, str):
         check_choice("baseline", baseline, ("zeros", "pad", "mask"), fn=fn)
         if baseline == "zeros":
             return torch.zeros_like(e)
-        tok = (_token_id(model, pad_token_id, "pad_token_id", "pad_token_id") if baseline == "pad"
-               else _token_id(model, mask_token_id, "mask_token_id", "mask_token_id"))
+        tok = (
+            _token_id(model, pad_token_id, "pad_token_id", "pad_token_id")
+            if baseline == "pad"
+            else _token_id(model, mask_token_id, "mask_token_id", "mask_token_id")
+        )
     else:
         tok = int(baseline)
     if tok < 0:
@@ -256,9 +274,22 @@ def _baseline_embeddings(
 
 # --------------------------------------------------------------------------------------------- rendering
 
-_CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK", "Noto Serif CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
-                 "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN", "AR PL UKai CN", "SimHei",
-                 "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS")
+_CJK_FAMILIES = (
+    "Noto Sans CJK SC",
+    "Noto Sans CJK",
+    "Noto Serif CJK SC",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "AR PL UKai CN",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Heiti SC",
+    "Arial Unicode MS",
+)
 
 
 def cjk_font() -> str | None:
@@ -287,8 +318,9 @@ def cjk_font() -> str | None:
 
 
 def _is_cjk(text: str) -> bool:
-    return any("\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef"
-               for ch in text)
+    return any(
+        "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef" for ch in text
+    )
 
 
 def _rgb(score: float, signed: bool) -> tuple[float, float, float]:
@@ -331,9 +363,17 @@ def render_tokens(
     Source: kexue.fm/archives/7533 (heat maps of IG scores).
     """
     fn = "render_tokens"
-    if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not all(isinstance(t, str) for t in tokens):
+    if (
+        isinstance(tokens, str)
+        or not isinstance(tokens, Sequence)
+        or not all(isinstance(t, str) for t in tokens)
+    ):
         fail(fn, "tokens", "a sequence of str", tokens, exc=TypeError)
-    vals = scores.detach().float().reshape(-1).tolist() if isinstance(scores, Tensor) else [float(s) for s in scores]
+    vals = (
+        scores.detach().float().reshape(-1).tolist()
+        if isinstance(scores, Tensor)
+        else [float(s) for s in scores]
+    )
     if len(vals) != len(tokens):
         fail(fn, "scores", f"one score per token ({len(tokens)})", scores)
     check_int("max_chars_per_line", max_chars_per_line, fn=fn, min=1)
@@ -344,21 +384,28 @@ def render_tokens(
     for tok, v, raw in zip(tokens, norm, vals):
         r, g, b = _rgb(v, sgn)
         color = f"#{round(255 * r):02x}{round(255 * g):02x}{round(255 * b):02x}"
-        spans.append(f'<span style="background:{color};padding:1px 2px;border-radius:2px" '
-                     f'title="{raw:+.4g}">{html.escape(tok)}</span>')
+        spans.append(
+            f'<span style="background:{color};padding:1px 2px;border-radius:2px" '
+            f'title="{raw:+.4g}">{html.escape(tok)}</span>'
+        )
     cap = f'<div style="font-size:0.85em;color:#555">{html.escape(title)}</div>' if title else ""
-    snippet = f'<div class="tw-tokens" style="line-height:1.9;font-family:sans-serif">{cap}{"".join(spans)}</div>'
+    snippet = (
+        f'<div class="tw-tokens" style="line-height:1.9;font-family:sans-serif">{cap}{"".join(spans)}</div>'
+    )
     if html_path is not None:
-        page = f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title or "tokens")}' \
-               f"</title></head><body>{snippet}</body></html>\n"
+        page = (
+            f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title or "tokens")}'
+            f"</title></head><body>{snippet}</body></html>\n"
+        )
         Path(html_path).write_text(page, encoding="utf-8")
     if png_path is not None:
         _render_png(list(tokens), norm, sgn, title, Path(png_path), max_chars_per_line)
     return snippet
 
 
-def _render_png(tokens: list[str], norm: list[float], signed: bool, title: str | None, path: Path,
-                max_chars: int) -> None:
+def _render_png(
+    tokens: list[str], norm: list[float], signed: bool, title: str | None, path: Path, max_chars: int
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,9 +415,13 @@ def _render_png(tokens: list[str], norm: list[float], signed: bool, title: str |
     if any(_is_cjk(t) for t in tokens) or (title is not None and _is_cjk(title)):
         family = cjk_font()
         if family is None:
-            warnings.warn("render_tokens(): no CJK font is installed for matplotlib (e.g. fonts-noto-cjk or "
-                          "fonts-wqy-zenhei), so Chinese characters in the PNG are drawn as boxes; the HTML "
-                          "heat map is unaffected", UserWarning, stacklevel=3)
+            warnings.warn(
+                "render_tokens(): no CJK font is installed for matplotlib (e.g. fonts-noto-cjk or "
+                "fonts-wqy-zenhei), so Chinese characters in the PNG are drawn as boxes; the HTML "
+                "heat map is unaffected",
+                UserWarning,
+                stacklevel=3,
+            )
     lines: list[list[int]] = [[]]
     width = 0.0
     for i, t in enumerate(tokens):
@@ -403,8 +454,15 @@ def _render_png(tokens: list[str], norm: list[float], signed: bool, title: str |
             for i in idx:
                 t = tokens[i]
                 w = sum(2.0 if _is_cjk(c) else 1.0 for c in t) + 0.6
-                ax.text(x, y0 + row, t, va="center", ha="left",
-                        bbox={"boxstyle": "square,pad=0.15", "fc": _rgb(norm[i], signed), "ec": "none"}, **props)
+                ax.text(
+                    x,
+                    y0 + row,
+                    t,
+                    va="center",
+                    ha="left",
+                    bbox={"boxstyle": "square,pad=0.15", "fc": _rgb(norm[i], signed), "ec": "none"},
+                    **props,
+                )
                 x += w
         fig.savefig(path, dpi=120)
     plt.close(fig)

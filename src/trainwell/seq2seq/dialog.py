@@ -47,7 +47,8 @@ class DialogueLMCollator:
             excluded).
 
     Returns (``__call__``):
-        dict of ``[B, T]`` long tensors ``input_ids``, ``token_type_ids`` (speaker ids), ``attention_mask`` and
+        dict of ``[B, T]`` long tensors ``input_ids``, ``token_type_ids`` (speaker ids), ``attention_mask``
+        and
         ``labels`` (aligned with the inputs, ``-100`` where no loss is taken; the model shifts them).
     """
 
@@ -65,7 +66,9 @@ class DialogueLMCollator:
             return [int(i) for i in u]
         fail("DialogueLMCollator", "utterance", "a str or a list of token ids", u, exc=TypeError)
 
-    def encode(self, dialogue: Sequence[Any], max_len: int | None = None) -> tuple[list[int], list[int], list[int]]:
+    def encode(
+        self, dialogue: Sequence[Any], max_len: int | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
         """``(ids, speaker ids, labels)`` of one dialogue, truncated to whole utterances."""
         if isinstance(dialogue, str) or not isinstance(dialogue, Sequence):
             fail("DialogueLMCollator", "dialogue", "a sequence of utterances", dialogue, exc=TypeError)
@@ -109,14 +112,18 @@ class DialogueLM(nn.Module):
         self.max_len = int(check_int("max_len", max_len, fn=fn, min=2) or 2)
         cfg = getattr(model, "config", None)
         self.bidirectional = bool(
-            cfg is not None and getattr(cfg, "type_vocab_size", 0) >= 2 and not getattr(cfg, "is_decoder", False)
+            cfg is not None
+            and getattr(cfg, "type_vocab_size", 0) >= 2
+            and not getattr(cfg, "is_decoder", False)
         )
         self.speaker: nn.Embedding | None = None
         if not self.bidirectional:
             if not hasattr(model, "get_input_embeddings"):
                 fail(fn, "model", "a model with get_input_embeddings()", model, exc=TypeError)
             emb = model.get_input_embeddings()  # type: ignore[operator]
-            self.speaker = nn.Embedding(2, emb.weight.shape[1], device=emb.weight.device, dtype=emb.weight.dtype)
+            self.speaker = nn.Embedding(
+                2, emb.weight.shape[1], device=emb.weight.device, dtype=emb.weight.dtype
+            )
             nn.init.zeros_(self.speaker.weight)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -145,8 +152,9 @@ class DialogueLM(nn.Module):
             check_tensor("inputs_embeds", inputs_embeds, fn=fn, kind="float", ndim=3)
             shape = tuple(inputs_embeds.shape[:2])  # type: ignore[union-attr]
         if token_type_ids is None:
-            token_type_ids = torch.zeros(shape, dtype=torch.long,
-                                         device=(input_ids if input_ids is not None else inputs_embeds).device)  # type: ignore[union-attr]
+            src = input_ids if input_ids is not None else inputs_embeds
+            assert src is not None
+            token_type_ids = torch.zeros(shape, dtype=torch.long, device=src.device)
         check_tensor("token_type_ids", token_type_ids, fn=fn, kind=("int", "bool"), ndim=2)
         if tuple(token_type_ids.shape) != shape:
             fail(fn, "token_type_ids", f"shape {shape}", token_type_ids)
@@ -155,8 +163,11 @@ class DialogueLM(nn.Module):
             kw["output_hidden_states"] = True
         if self.bidirectional:
             ref = next(self.model.parameters())
-            am = attention_mask if attention_mask is not None else torch.ones(shape, dtype=torch.long,
-                                                                             device=token_type_ids.device)
+            am = (
+                attention_mask
+                if attention_mask is not None
+                else torch.ones(shape, dtype=torch.long, device=token_type_ids.device)
+            )
             mask = causal_mask(attention_mask=am)
             kw["attention_mask"] = to_hf_mask(mask, "4d", ref.dtype) if is_hf_model(self.model) else mask
             kw["token_type_ids"] = token_type_ids.long()
@@ -232,11 +243,20 @@ class DialogueLM(nn.Module):
         was = self.training
         self.eval()
         try:
-            out = generate(step, prompt, max_new_tokens=max_new_tokens, eos_token_id=sep_id, pad_token_id=pad_id,
-                           do_sample=do_sample, top_k=top_k, temperature=temperature, generator=generator)
+            out = generate(
+                step,
+                prompt,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=sep_id,
+                pad_token_id=pad_id,
+                do_sample=do_sample,
+                top_k=top_k,
+                temperature=temperature,
+                generator=generator,
+            )
         finally:
             self.train(was)
-        new = out[0, prompt.shape[1]:].tolist()
+        new = out[0, prompt.shape[1] :].tolist()
         if sep_id in new:
             new = new[: new.index(sep_id)]
         return decode_text(self.tokenizer, new)

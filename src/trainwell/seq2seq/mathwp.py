@@ -52,8 +52,22 @@ _DIGIT_BRACKET = re.compile(r"(\d+)\(")
 _FRACTION_IN_BRACKETS = re.compile(r"\((\d+/\d+)\)")
 _PERCENT = re.compile(r"([.\d]+)%")
 _LITERAL = re.compile(r"\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?")
-_TRANSLATE = str.maketrans({"×": "*", "÷": "/", "（": "(", "）": ")", "：": ":", "＋": "+", "－": "-", "＊": "*",
-                            "／": "/", "％": "%", "—": "-", "−": "-"})
+_TRANSLATE = str.maketrans(
+    {
+        "×": "*",
+        "÷": "/",
+        "（": "(",
+        "）": ")",
+        "：": ":",
+        "＋": "+",
+        "－": "-",
+        "＊": "*",
+        "／": "/",
+        "％": "%",
+        "—": "-",
+        "−": "-",
+    }
+)
 
 
 # --------------------------------------------------------------------------------------- normalisation
@@ -160,7 +174,9 @@ class _Evaluator:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
             v = self.eval(node.operand, depth + 1)
             return -v if isinstance(node.op, ast.USub) else v
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
+        if isinstance(node, ast.BinOp) and isinstance(
+            node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
+        ):
             a = self.eval(node.left, depth + 1)
             b = self.eval(node.right, depth + 1)
             if isinstance(node.op, ast.Add):
@@ -206,7 +222,9 @@ def safe_eval(expr: str, exact: bool = False) -> float | Fraction:
     text = _check_str(fn, "expr", expr)
     check_bool("exact", exact, fn=fn)
     if len(text) > MAX_LENGTH:
-        raise ValueError(f"{fn}(): argument 'expr' must have at most {MAX_LENGTH} characters, got {len(text)}")
+        raise ValueError(
+            f"{fn}(): argument 'expr' must have at most {MAX_LENGTH} characters, got {len(text)}"
+        )
     s = text.strip().translate(_TRANSLATE).replace("^", "**")
     if not s:
         raise ValueError(f"{fn}(): argument 'expr' must be a non-empty expression, got {text!r}")
@@ -222,7 +240,9 @@ def safe_eval(expr: str, exact: bool = False) -> float | Fraction:
         if "e" in lit.lower():
             _, _, ex = lit.lower().partition("e")
             if abs(int(ex)) > MAX_RESULT_DIGITS:
-                raise ValueError(f"{fn}(): a number with an exponent beyond {MAX_RESULT_DIGITS} in {text[:80]!r}")
+                raise ValueError(
+                    f"{fn}(): a number with an exponent beyond {MAX_RESULT_DIGITS} in {text[:80]!r}"
+                )
     s = _PERCENT.sub(r"(\1/100)", s).replace("%", "/100")
     try:
         tree = ast.parse(s, mode="eval")
@@ -336,7 +356,9 @@ class MathWordProblemDataset(Sequence[dict[str, Any]]):
         remove_brackets: shorten equations (default True).
     """
 
-    def __init__(self, path_or_records: str | Path | Iterable[Mapping[str, Any]], remove_brackets: bool = True) -> None:
+    def __init__(
+        self, path_or_records: str | Path | Iterable[Mapping[str, Any]], remove_brackets: bool = True
+    ) -> None:
         fn = "MathWordProblemDataset"
         check_bool("remove_brackets", remove_brackets, fn=fn)
         records: Iterable[Mapping[str, Any]]
@@ -392,7 +414,9 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"MathWordProblemDataset(): {path}:{line_no} is not JSON ({err.msg})") from None
+                raise ValueError(
+                    f"MathWordProblemDataset(): {path}:{line_no} is not JSON ({err.msg})"
+                ) from None
             yield rec
 
 
@@ -435,8 +459,11 @@ class MathSolver:
 
     def solve_batch(self, questions: Sequence[str]) -> list[tuple[str, float | Fraction | None]]:
         """:meth:`solve` for several questions in one batch."""
-        outs = self.model.generate([normalize_question(q) for q in questions], num_beams=self.num_beams,
-                                   max_new_tokens=self.max_new_tokens)
+        outs = self.model.generate(
+            [normalize_question(q) for q in questions],
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+        )
         exprs = [str(o).replace(" ", "") for o in outs]
         return [(e, self.evaluate(e)) for e in exprs]
 

@@ -45,7 +45,9 @@ class QAGenerationCollator:
         self.max_a = int(check_int("max_a", max_a, fn=fn, min=1) or 1)
         self.max_q = int(check_int("max_q", max_q, fn=fn, min=1) or 1)
 
-    def encode(self, passage: str, answer: str | None = None, question: str | None = None) -> tuple[list[int], list[int]]:
+    def encode(
+        self, passage: str, answer: str | None = None, question: str | None = None
+    ) -> tuple[list[int], list[int]]:
         """``(ids, segments)``; stops after the passage (or the answer) when the later parts are ``None``."""
         ids = [self.cls_id, *encode_text(self.tokenizer, passage)[: self.max_p], self.sep_id]
         types = [0] * len(ids)
@@ -132,19 +134,33 @@ class QAPairGenerator:
         max_p: int = 128,
         generator: torch.Generator | None = None,
     ) -> tuple[list[int], list[list[int]]]:
-        """``(passage token ids, [answer token ids] * num)``; answers are sampled (``answer_top_p=None``: greedy)."""
+        """``(passage token ids, [answer token ids] * num)``; answers are sampled (``answer_top_p=None``:
+        greedy)."""
         p_ids = encode_text(self.tokenizer, passage)[:max_p]
         prompt = [self.cls_id, *p_ids, self.sep_id]
         proc = span_processor(p_ids, len(prompt), self.sep_id) if constrain_answer_to_span else None
         do_sample = answer_top_p is not None
-        answers = self.model.generate_ids([prompt] * num, eos_token_id=self.sep_id, pad_token_id=self.pad_id,
-                                          max_new_tokens=max_a + 1, do_sample=do_sample,
-                                          top_p=answer_top_p if do_sample else None,
-                                          logits_processor=proc, generator=generator)
+        answers = self.model.generate_ids(
+            [prompt] * num,
+            eos_token_id=self.sep_id,
+            pad_token_id=self.pad_id,
+            max_new_tokens=max_a + 1,
+            do_sample=do_sample,
+            top_p=answer_top_p if do_sample else None,
+            logits_processor=proc,
+            generator=generator,
+        )
         return p_ids, answers
 
-    def generate_question(self, passage: str, answer: str | Sequence[int], *, question_beam: int = 1,
-                          max_q: int = 64, max_p: int = 128) -> str:
+    def generate_question(
+        self,
+        passage: str,
+        answer: str | Sequence[int],
+        *,
+        question_beam: int = 1,
+        max_q: int = 64,
+        max_p: int = 128,
+    ) -> str:
         """The (deterministic, beam-searched) question for a given answer."""
         p_ids = encode_text(self.tokenizer, passage)[:max_p]
         a_ids = encode_text(self.tokenizer, answer) if isinstance(answer, str) else [int(i) for i in answer]
@@ -156,8 +172,14 @@ class QAPairGenerator:
             ids = [self.cls_id, *p_ids, self.sep_id, *a, self.sep_id]
             prompts.append(ids)
             segs.append([0] * (len(p_ids) + 2) + [1] * (len(a) + 1))
-        qs = self.model.generate_ids(prompts, segs, eos_token_id=self.sep_id, pad_token_id=self.pad_id,
-                                     max_new_tokens=max_q + 1, num_beams=beams)
+        qs = self.model.generate_ids(
+            prompts,
+            segs,
+            eos_token_id=self.sep_id,
+            pad_token_id=self.pad_id,
+            max_new_tokens=max_q + 1,
+            num_beams=beams,
+        )
         return [decode_text(self.tokenizer, q) for q in qs]
 
     def generate(
@@ -175,7 +197,8 @@ class QAPairGenerator:
     ) -> list[tuple[str, str]]:
         """``num_pairs`` ``(question, answer)`` pairs: answers sampled (nucleus), questions by beam search.
 
-        Decoding of each part stops at its ``[SEP]``: the answer ends at the first, the question at the second.
+        Decoding of each part stops at its ``[SEP]``: the answer ends at the first, the question at the
+        second.
         With ``constrain_answer_to_span`` (default) every answer is a contiguous token span of the passage.
         Pairs with an empty answer are kept (the model chose to stop at once).
         """
@@ -183,12 +206,20 @@ class QAPairGenerator:
         if not isinstance(passage, str):
             fail(fn, "passage", "a str", passage, exc=TypeError)
         check_int("num_pairs", num_pairs, fn=fn, min=1)
-        check_number("answer_top_p", answer_top_p, fn=fn, min=0.0, max=1.0, min_inclusive=False, allow_none=True)
+        check_number(
+            "answer_top_p", answer_top_p, fn=fn, min=0.0, max=1.0, min_inclusive=False, allow_none=True
+        )
         check_int("question_beam", question_beam, fn=fn, min=1)
         check_bool("constrain_answer_to_span", constrain_answer_to_span, fn=fn)
-        p_ids, answers = self.generate_answer_ids(passage, num_pairs, answer_top_p=answer_top_p,
-                                                  constrain_answer_to_span=constrain_answer_to_span,
-                                                  max_a=max_a, max_p=max_p, generator=generator)
+        p_ids, answers = self.generate_answer_ids(
+            passage,
+            num_pairs,
+            answer_top_p=answer_top_p,
+            constrain_answer_to_span=constrain_answer_to_span,
+            max_a=max_a,
+            max_p=max_p,
+            generator=generator,
+        )
         answers = [a[:max_a] for a in answers]
         questions = self._questions(p_ids, answers, question_beam, max_q)
         return [(q, decode_text(self.tokenizer, a)) for q, a in zip(questions, answers)]

@@ -196,5 +196,7 @@ class TeaForNLoss(nn.Module):
             labels = torch.where(keep, input_ids.long(), torch.full_like(input_ids.long(), IGNORE))
         logits_all, hidden_all = self.passes(input_ids, attention_mask, token_type_ids)
         losses = [shifted_lm_loss(lg, labels) for lg in logits_all]
-        total = sum((w * loss for w, loss in zip(self.weights, losses)), torch.zeros((), device=losses[0].device))
+        total = sum(
+            (w * loss for w, loss in zip(self.weights, losses)), torch.zeros((), device=losses[0].device)
+        )
         return TeaForNOutput(loss=total, losses=losses, logits=logits_all[0], hidden_states=hidden_all)

@@ -7,7 +7,8 @@ target left to right, so its MLM head becomes a seq2seq decoder. The loss is nex
 weights ``w_t = s_{t+1} · nonpad_{t+1}``: every target token is trained, including the first (predicted
 from the ``[SEP]`` closing the source) and the final ``[SEP]`` (the stop signal).
 
-Source: kexue.fm/archives/6933 and /7809; Dong et al., "Unified Language Model Pre-training" (arXiv:1905.03197).
+Source: kexue.fm/archives/6933 and /7809; Dong et al., "Unified Language Model Pre-training"
+(arXiv:1905.03197).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def unilm_labels(input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tens
 # ----------------------------------------------------------------------------------------- tokenizers
 
 _CJK = r"\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f"
-_SPACE_BETWEEN_CJK = re.compile(rf"(?<=[{_CJK}])\s+(?=[{_CJK}])|(?<=[{_CJK}])\s+(?=\S)|(?<=\S)\s+(?=[{_CJK}])")
+_SPACE_BETWEEN_CJK = re.compile(
+    rf"(?<=[{_CJK}])\s+(?=[{_CJK}])|(?<=[{_CJK}])\s+(?=\S)|(?<=\S)\s+(?=[{_CJK}])"
+)
 
 
 def special_ids(tokenizer: Any, fn: str) -> tuple[int, int, int]:
@@ -228,13 +231,16 @@ class UniLMSeq2Seq(nn.Module):
         """The wrapped encoder's token embedding."""
         get = getattr(self.model, "get_input_embeddings", None)
         if get is None:
-            raise TypeError("UniLMSeq2Seq.get_input_embeddings(): the wrapped model has no get_input_embeddings()")
+            raise TypeError(
+                "UniLMSeq2Seq.get_input_embeddings(): the wrapped model has no get_input_embeddings()"
+            )
         emb = get()
         assert isinstance(emb, nn.Module)
         return emb
 
-    def attention_mask(self, token_type_ids: Tensor, attention_mask: Tensor | None = None,
-                       dtype: torch.dtype = torch.float32) -> Tensor:
+    def attention_mask(
+        self, token_type_ids: Tensor, attention_mask: Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """The mask passed to the encoder (4-D additive for Hugging Face models, bool 3-D otherwise)."""
         m = unilm_mask(token_type_ids, attention_mask)
         return to_hf_mask(m, "4d", dtype) if self.hf else m
@@ -289,7 +295,8 @@ class UniLMSeq2Seq(nn.Module):
         return LMOutput(loss=loss, logits=logits, hidden_states=hidden)
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """The shifted segment-masked loss of a :class:`Seq2SeqCollator` batch (labels from segments if absent)."""
+        """The shifted segment-masked loss of a :class:`Seq2SeqCollator` batch (labels from segments if
+        absent)."""
         labels = batch.get("labels")
         if labels is None:
             labels = unilm_labels(batch["input_ids"], batch["token_type_ids"], batch.get("attention_mask"))
@@ -299,8 +306,13 @@ class UniLMSeq2Seq(nn.Module):
 
     # ------------------------------------------------------------------------------------- decoding
 
-    def next_token_fn(self, prompts: Sequence[Sequence[int]], segments: Sequence[Sequence[int]],
-                      pad_id: int, new_segment: int = 1) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def next_token_fn(
+        self,
+        prompts: Sequence[Sequence[int]],
+        segments: Sequence[Sequence[int]],
+        pad_id: int,
+        new_segment: int = 1,
+    ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """Left-padded prompt batch and the ``ids -> next logits`` function :func:`generate` decodes with.
 
         New tokens get segment ``new_segment``; positions count from each row's first real token.
@@ -311,16 +323,18 @@ class UniLMSeq2Seq(nn.Module):
         types = torch.zeros((b, t0), dtype=torch.long, device=dev)
         mask = torch.zeros((b, t0), dtype=torch.long, device=dev)
         for i, (p, s) in enumerate(zip(prompts, segments)):
-            ids[i, t0 - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            types[i, t0 - len(p):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, t0 - len(p):] = 1
+            ids[i, t0 - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            types[i, t0 - len(p) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, t0 - len(p) :] = 1
         hf = self.hf
 
         def step(x: Tensor) -> Tensor:
             r = x.shape[0] // b
             m = x.shape[1] - t0
             am = torch.cat([mask.repeat_interleave(r, 0), mask.new_ones(x.shape[0], m)], dim=1)
-            tt = torch.cat([types.repeat_interleave(r, 0), types.new_full((x.shape[0], m), new_segment)], dim=1)
+            tt = torch.cat(
+                [types.repeat_interleave(r, 0), types.new_full((x.shape[0], m), new_segment)], dim=1
+            )
             pos = (am.cumsum(-1) - 1).clamp(min=0) if hf else None
             return self(x, am, tt, position_ids=pos).logits[:, -1]
 
@@ -347,8 +361,14 @@ class UniLMSeq2Seq(nn.Module):
         self.eval()
         try:
             ids, step = self.next_token_fn(prompts, segments, pad_token_id)
-            out = generate(step, ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                           pad_token_id=pad_token_id, **generate_kwargs)
+            out = generate(
+                step,
+                ids,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id,
+                **generate_kwargs,
+            )
         finally:
             self.train(was_training)
         t0 = ids.shape[1]
@@ -386,19 +406,37 @@ class UniLMSeq2Seq(nn.Module):
         texts = isinstance(items[0], str)
         if texts or self.tokenizer is not None:
             if self.tokenizer is None:
-                fail(fn, "source_texts_or_ids", "token ids when the model has no tokenizer", items[0], exc=TypeError)
+                fail(
+                    fn,
+                    "source_texts_or_ids",
+                    "token ids when the model has no tokenizer",
+                    items[0],
+                    exc=TypeError,
+                )
             cls_id, sep_id, pad_id = special_ids(self.tokenizer, fn)
         else:
-            raise TypeError(f"{fn}(): decoding token ids needs a tokenizer for the [SEP]/[PAD] ids; "
-                            "use generate_ids(..., eos_token_id=, pad_token_id=) instead")
+            raise TypeError(
+                f"{fn}(): decoding token ids needs a tokenizer for the [SEP]/[PAD] ids; "
+                "use generate_ids(..., eos_token_id=, pad_token_id=) instead"
+            )
         if texts:
             prompts = [[cls_id, *encode_text(self.tokenizer, str(s))[:max_source_len], sep_id] for s in items]
         else:
             prompts = [[int(i) for i in (s.tolist() if isinstance(s, Tensor) else s)] for s in items]  # type: ignore[union-attr,call-overload]
-        new = self.generate_ids(prompts, eos_token_id=sep_id, pad_token_id=pad_id, max_new_tokens=max_new_tokens,
-                                num_beams=num_beams, do_sample=do_sample, top_k=top_k, top_p=top_p,
-                                temperature=temperature, length_penalty=length_penalty,
-                                logits_processor=logits_processor, generator=generator)
+        new = self.generate_ids(
+            prompts,
+            eos_token_id=sep_id,
+            pad_token_id=pad_id,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            length_penalty=length_penalty,
+            logits_processor=logits_processor,
+            generator=generator,
+        )
         if texts:
             return [decode_text(self.tokenizer, r) for r in new]
         return new

@@ -32,7 +32,9 @@ def _language(language: str) -> tuple[tuple[str, ...], ...]:
     try:
         import yaml
     except ModuleNotFoundError:
-        raise ChatterbotUnavailable("load_conversations(): PyYAML is needed to read chatterbot-corpus") from None
+        raise ChatterbotUnavailable(
+            "load_conversations(): PyYAML is needed to read chatterbot-corpus"
+        ) from None
     folder = _data_dir() / language
     if not folder.is_dir():
         raise ValueError(f"load_conversations(): no language {language!r} in {folder.parent}")
@@ -41,7 +43,9 @@ def _language(language: str) -> tuple[tuple[str, ...], ...]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for conv in doc.get("conversations") or []:
             if isinstance(conv, list):
-                turns = tuple(str(u).strip() for u in conv if isinstance(u, (str, int, float)) and str(u).strip())
+                turns = tuple(
+                    str(u).strip() for u in conv if isinstance(u, (str, int, float)) and str(u).strip()
+                )
                 if len(turns) >= 2:
                     out.append(turns)
     return tuple(out)

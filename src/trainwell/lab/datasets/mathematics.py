@@ -2,7 +2,8 @@
 
 The package generates problems on the fly (``generate.sample_from_module``). On modern sympy its import fails
 (``cannot import name 'base_solution_linear' from 'sympy.solvers.diophantine'``): the function moved to the
-``diophantine`` submodule, and ``import sympy.solvers.diophantine as m`` returns the function of the same name,
+``diophantine`` submodule, and ``import sympy.solvers.diophantine as m`` returns the function of the same
+name,
 so :func:`_shim` fetches the *module* with ``importlib.import_module`` and restores the attribute before the
 first import. Sampling is seeded through python's and numpy's global generators (the package uses both).
 
@@ -62,7 +63,9 @@ def sample_problems(module: str, n: int, split: str = "train-easy", seed: int = 
     """
     gen = _generate()
     if split not in gen.filtered_modules:
-        raise ValueError(f"sample_problems(): split must be one of {sorted(gen.filtered_modules)}, got {split!r}")
+        raise ValueError(
+            f"sample_problems(): split must be one of {sorted(gen.filtered_modules)}, got {split!r}"
+        )
     mods = gen.filtered_modules[split]
     if module not in mods:
         raise ValueError(f"sample_problems(): unknown module {module!r} in split {split!r}")

@@ -62,9 +62,17 @@ def tiny_gpt2(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def train(params: Iterable[torch.nn.Parameter], loss_fn: Callable[[list[Any]], torch.Tensor], data: Sequence[Any],
-          steps: int, batch_size: int, lr: float, seed: int, progress: Callable[..., Any] | None = None,
-          desc: str = "") -> tuple[list[float], float]:
+def train(
+    params: Iterable[torch.nn.Parameter],
+    loss_fn: Callable[[list[Any]], torch.Tensor],
+    data: Sequence[Any],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: Callable[..., Any] | None = None,
+    desc: str = "",
+) -> tuple[list[float], float]:
     """AdamW with linear warm-up (10%) and linear decay; minibatches drawn with a seeded generator.
 
     Returns the loss curve (every 10 steps) and the wall time in seconds. Every method of a seed draws the
@@ -74,8 +82,13 @@ def train(params: Iterable[torch.nn.Parameter], loss_fn: Callable[[list[Any]], t
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm)) if s >= warm
-        else (s + 1) / warm)
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm))
+            if s >= warm
+            else (s + 1) / warm
+        ),
+    )
     g = torch.Generator().manual_seed(seed)
     curve: list[float] = []
     t0 = time.perf_counter()
@@ -98,8 +111,9 @@ def train(params: Iterable[torch.nn.Parameter], loss_fn: Callable[[list[Any]], t
     return curve, time.perf_counter() - t0
 
 
-def write_effects(res: dict[str, Any], out_dir: Path, reference: str, scale: float = 100.0,
-                  unit: str = "points") -> None:
+def write_effects(
+    res: dict[str, Any], out_dir: Path, reference: str, scale: float = 100.0, unit: str = "points"
+) -> None:
     """``effects.md``: paired Δ of every method vs ``reference`` with its SE (shared effect_sizes)."""
     stats = {m: MethodStats(list(r["values"])) for m, r in res["results"].items()}
     effects = effect_sizes(stats, reference=reference)
@@ -115,5 +129,7 @@ def write_effects(res: dict[str, Any], out_dir: Path, reference: str, scale: flo
     for m, e in effects.items():
         w = "n/a (1 seed)" if e["within_noise"] is None else ("yes" if e["within_noise"] else "no")
         se = e["paired_se"] if not math.isnan(e["paired_se"]) else float("nan")
-        lines.append(f"| {m} | {scale * e['delta']:+.2f} | {scale * se:.2f} | {scale * e['pooled_std']:.2f} | {w} |")
+        lines.append(
+            f"| {m} | {scale * e['delta']:+.2f} | {scale * se:.2f} | {scale * e['pooled_std']:.2f} | {w} |"
+        )
     atomic_write_text(out_dir / "effects.md", "\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
-"""Lab: a DialoGPT-style chat LM over concatenated turns (kexue.fm/archives/7718), loss on all turns vs replies.
+"""Lab: a DialoGPT-style chat LM over concatenated turns (kexue.fm/archives/7718), loss on all turns vs
+replies.
 
 Data: every conversation of ``chatterbot-corpus`` (pip) in Chinese (467) and English (2,025), split 90/10 by a
 fixed hash of the text. Each dialogue becomes ``[CLS] u_1 [SEP] u_2 [SEP] …`` with alternating speaker ids
@@ -90,12 +91,22 @@ def run_seed(ctx: RunContext) -> SeedResult:
         values[method] = perplexity(model, eval_resp, test_set)
         ppl_all[method] = perplexity(model, eval_all, test_set)
         g = torch.Generator().manual_seed(ctx.seed)
-        samples[method] = [{"history": h, "replies": [model.respond(h, top_k=5, max_new_tokens=32, generator=g)
-                                                      for _ in range(2)]} for h in histories]
-        ctx.log(f"seed {ctx.seed} {method}: response ppl {values[method]:.2f}, all-token ppl {ppl_all[method]:.2f}")
-    info = {"sizes": {"train": len(train_set), "test": len(test_set), "vocab": tok.vocab_size},
-            "config": {"steps": steps, "batch": batch, "hidden": hidden, "layers": layers, "max_len": MAX_LEN},
-            "sample_replies": samples}
+        samples[method] = [
+            {
+                "history": h,
+                "replies": [model.respond(h, top_k=5, max_new_tokens=32, generator=g) for _ in range(2)],
+            }
+            for h in histories
+        ]
+        ctx.log(
+            f"seed {ctx.seed} {method}: response ppl {values[method]:.2f}, "
+            f"all-token ppl {ppl_all[method]:.2f}"
+        )
+    info = {
+        "sizes": {"train": len(train_set), "test": len(test_set), "vocab": tok.vocab_size},
+        "config": {"steps": steps, "batch": batch, "hidden": hidden, "layers": layers, "max_len": MAX_LEN},
+        "sample_replies": samples,
+    }
     return SeedResult(values=values, secondary={"all-token perplexity": ppl_all}, curves=curves, info=info)
 
 
@@ -117,14 +128,15 @@ EXPERIMENT = Experiment(
     metric="held-out response perplexity",
     higher_is_better=False,
     claim=(
-        "One LM over the concatenated dialogue trains every turn in one pass; with the loss on all turns (author) "
-        "the held-out replies get a lower perplexity than with the loss on replies only."
+        "One LM over the concatenated dialogue trains every turn in one pass; with the loss on all turns "
+        "(author) the held-out replies get a lower perplexity than with the loss on replies only."
     ),
     methods=METHODS,
     run_seed=run_seed,
     judge=judge,
     source="kexue.fm/archives/7718; arXiv:2008.03946 (LCCC, CDial-GPT)",
-    reported="qualitative only (varied, on-topic sampled replies); final training loss ≈ 2.83 nats/token on LCCC",
+    reported="qualitative only (varied, on-topic sampled replies); final training loss ≈ 2.83 nats/token "
+    "on LCCC",
     seeds={"tiny": 1, "quick": 3, "full": 3},
     default=False,  # about 11 CPU-minutes in quick mode: run it by name (`trainwell lab dialog`)
     full_runtime="about 40 min on 2 CPU cores (width 256, 4 layers, 5,000 steps × 2 × 3 seeds)",

@@ -1,10 +1,12 @@
 """Lab: math word problems as seq2seq ("BERT + UniLM", kexue.fm/archives/7809), beam widths and TeaForN.
 
 Data: DeepMind's ``mathematics-dataset`` (pip, generated offline; :mod:`trainwell.lab.datasets.mathematics`).
-Arithmetic modules whose question contains the expression in words around it (``arithmetic__add_sub_multiple``,
+Arithmetic modules whose question contains the expression in words around it
+(``arithmetic__add_sub_multiple``,
 ``__mixed``, ``__mul_div_multiple``, ``__add_or_sub``, ``__mul``) become Ape210K-format records
 (``original_text`` = question, ``equation`` = ``x=`` + the expression found in the question, ``ans``) and go
-through :class:`~trainwell.seq2seq.mathwp.MathWordProblemDataset` — normalisation, the ``eval(equation) ≈ ans``
+through :class:`~trainwell.seq2seq.mathwp.MathWordProblemDataset` — normalisation, the ``eval(equation) ≈
+ans``
 filter and redundant-bracket removal — exactly as Ape210K data would. Training: ``train-easy``; held-out test:
 the ``interpolate`` split (other numbers, longer expressions). The model must write an executable expression
 (spaces dropped, redundant brackets removed); accuracy = the generated expression evaluates (bounded AST
@@ -16,15 +18,15 @@ decoded with beam widths 1, 2, 3 (post: beam 1–3; +0.1–0.6 points from beams
 Ape210K-format JSONL (Chinese problems with percentages, mixed numbers, ratios, one wrong answer and one
 hostile equation) is read end to end each run; its kept/dropped ids and normalised equations are in ``info``.
 
-Judge (fixed before running): the claim holds when (a) the mean accuracy of teacher forcing with beam 3 is
-≥ its greedy mean, and (b) TeaForN's greedy mean is not below teacher forcing's greedy mean by more than the
-pooled seed std ("does not hurt"). Paired Δ's vs teacher-forcing greedy are in ``effects.md``.
+Judge (non-inferiority, with the paired helper ``MethodStats.clearly_above``): the claim holds when (a)
+teacher forcing with beam 3 is not clearly below its greedy decoding, and (b) TeaForN greedy is not clearly
+below teacher-forcing greedy ("does not hurt"); "clearly below" means the 95% paired bootstrap CI of the
+per-seed difference lies below 0. Paired Δ's vs teacher-forcing greedy are in ``effects.md``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +51,42 @@ LR = 3e-3  # from scratch the copy behaviour emerges after ~300 steps at 3e-3 (n
 
 # Hand-written Ape210K-format records (original_text / equation / ans), read end to end every run.
 APE_SAMPLE = [
-    {"id": "a1", "original_text": "一件衣服原价150元，打八折后再降价20%，现价是多少元？", "equation": "x=150*80%*(1-20%)",
-     "ans": "96"},
-    {"id": "a2", "original_text": "一根绳子长3(1/2)米，剪去(1/4)米，还剩多少米？", "equation": "x=3(1/2)-(1/4)",
-     "ans": "3(1/4)"},
-    {"id": "a3", "original_text": "甲乙两数的比是(1/2):(1/4)，甲是乙的几倍？", "equation": "x=(1/2):(1/4)", "ans": "2"},
-    {"id": "a4", "original_text": "圆的半径是5厘米，面积是多少平方厘米？", "equation": "x=(3.14*(5**2))", "ans": "78.5"},
-    {"id": "a5", "original_text": "书店有图书1200本，卖出25%，还剩多少本？", "equation": "x=1200*(1-25%)", "ans": "900"},
-    {"id": "a6", "original_text": "小明有12个苹果，吃了(5-3)个，还剩多少个？", "equation": "x=12-(5-3)", "ans": "10"},
+    {
+        "id": "a1",
+        "original_text": "一件衣服原价150元，打八折后再降价20%，现价是多少元？",
+        "equation": "x=150*80%*(1-20%)",
+        "ans": "96",
+    },
+    {
+        "id": "a2",
+        "original_text": "一根绳子长3(1/2)米，剪去(1/4)米，还剩多少米？",
+        "equation": "x=3(1/2)-(1/4)",
+        "ans": "3(1/4)",
+    },
+    {
+        "id": "a3",
+        "original_text": "甲乙两数的比是(1/2):(1/4)，甲是乙的几倍？",
+        "equation": "x=(1/2):(1/4)",
+        "ans": "2",
+    },
+    {
+        "id": "a4",
+        "original_text": "圆的半径是5厘米，面积是多少平方厘米？",
+        "equation": "x=(3.14*(5**2))",
+        "ans": "78.5",
+    },
+    {
+        "id": "a5",
+        "original_text": "书店有图书1200本，卖出25%，还剩多少本？",
+        "equation": "x=1200*(1-25%)",
+        "ans": "900",
+    },
+    {
+        "id": "a6",
+        "original_text": "小明有12个苹果，吃了(5-3)个，还剩多少个？",
+        "equation": "x=12-(5-3)",
+        "ans": "10",
+    },
     {"id": "a7", "original_text": "答案写错的题：2加2等于几？", "equation": "x=2+2", "ans": "5"},
     {"id": "a8", "original_text": "恶意算式", "equation": "x=__import__('os').getcwd()", "ans": "1"},
     {"id": "a9", "original_text": "一个数的40%是60，这个数是多少？", "equation": "x=60/40%", "ans": "150"},
@@ -68,7 +98,9 @@ def _records(split: str, n_per_module: int, seed: int) -> list[dict[str, str]]:
 
     out = []
     for m_i, module in enumerate(MODULES):
-        for j, (q, a) in enumerate(sample_problems(module, n_per_module, split=split, seed=seed + 1000 * m_i)):
+        for j, (q, a) in enumerate(
+            sample_problems(module, n_per_module, split=split, seed=seed + 1000 * m_i)
+        ):
             expr = arithmetic_expression(q)
             if expr is None:
                 continue
@@ -86,7 +118,9 @@ def _ape_sample(out_dir: Path) -> dict[str, Any]:
         "kept": [it["id"] for it in ds],
         "dropped": list(ds.dropped),
         "equations": {it["id"]: it["equation"] for it in ds},
-        "all_kept_evaluate_to_answer": all(answers_match(safe_eval(it["equation"]), it["answer"]) for it in ds),
+        "all_kept_evaluate_to_answer": all(
+            answers_match(safe_eval(it["equation"]), it["answer"]) for it in ds
+        ),
     }
 
 
@@ -103,8 +137,14 @@ def _accuracy(solver: Any, items: list[dict[str, Any]], batch: int = 128) -> tup
             correct += ok
             parsed += value is not None
             if len(examples) < 4:
-                examples.append({"question": it["question"], "target": it["equation"], "generated": expr,
-                                 "correct": bool(ok)})
+                examples.append(
+                    {
+                        "question": it["question"],
+                        "target": it["equation"],
+                        "generated": expr,
+                        "correct": bool(ok),
+                    }
+                )
     return correct / len(items), parsed / len(items), examples
 
 
@@ -125,8 +165,10 @@ def run_seed(ctx: RunContext) -> SeedResult:
     train_set = MathWordProblemDataset(_records("train-easy", n_train, seed=0))
     test_set = MathWordProblemDataset(_records("interpolate", n_test, seed=1))
     pairs = train_set.pairs()
-    tok = char_tokenizer([q for q, _ in pairs] + [e for _, e in pairs] + [it["question"] for it in test_set],
-                         extra="0123456789+-*/().")
+    tok = char_tokenizer(
+        [q for q, _ in pairs] + [e for _, e in pairs] + [it["question"] for it in test_set],
+        extra="0123456789+-*/().",
+    )
     col = Seq2SeqCollator(tok, max_source_len=100, max_target_len=60)
     values: dict[str, float] = {}
     parse: dict[str, float] = {}
@@ -142,8 +184,17 @@ def run_seed(ctx: RunContext) -> SeedResult:
             b = col(items)
             return tf(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["labels"]).loss
 
-        curve, t = train(model.parameters(), loss_fn, pairs, steps, batch, LR, ctx.seed,
-                         progress=ctx.progress, desc=f"mathwp {name}")
+        curve, t = train(
+            model.parameters(),
+            loss_fn,
+            pairs,
+            steps,
+            batch,
+            LR,
+            ctx.seed,
+            progress=ctx.progress,
+            desc=f"mathwp {name}",
+        )
         curves[f"{name}/train loss"] = curve
         model.eval()
         with torch.no_grad():
@@ -154,10 +205,18 @@ def run_seed(ctx: RunContext) -> SeedResult:
                 if beams == 1:
                     examples[name] = ex
         secs[name] = t
-        ctx.log(f"seed {ctx.seed} {name}: " + ", ".join(f"beam {b} {values[f'{name} / beam {b}']:.3f}" for b in BEAMS))
+        ctx.log(
+            f"seed {ctx.seed} {name}: "
+            + ", ".join(f"beam {b} {values[f'{name} / beam {b}']:.3f}" for b in BEAMS)
+        )
     info = {
-        "sizes": {"train": len(train_set), "train_dropped": len(train_set.dropped), "test": len(test_set),
-                  "test_dropped": len(test_set.dropped), "vocab": tok.vocab_size},
+        "sizes": {
+            "train": len(train_set),
+            "train_dropped": len(train_set.dropped),
+            "test": len(test_set),
+            "test_dropped": len(test_set.dropped),
+            "vocab": tok.vocab_size,
+        },
         "config": {"steps": steps, "batch": batch, "hidden": hidden, "layers": layers, "lr": LR},
         "examples": examples,
         "ape210k_sample": _ape_sample(ctx.out_dir) if ctx.is_main else {},
@@ -167,13 +226,12 @@ def run_seed(ctx: RunContext) -> SeedResult:
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """(a) teacher forcing: beam 3 mean ≥ greedy mean; (b) TeaForN greedy not below TF greedy by > pooled std."""
+    """Non-inferiority: (a) TF beam 3 and (b) TeaForN greedy are not clearly below TF greedy (paired CI)."""
     need = ["teacher forcing / beam 1", "teacher forcing / beam 3", "TeaForN N=2 / beam 1"]
     if any(k not in stats for k in need):
         return False
     tf1, tf3, tn1 = (stats[k] for k in need)
-    pooled = math.sqrt((tf1.std**2 + tn1.std**2) / 2)
-    return tf3.mean >= tf1.mean and tn1.mean >= tf1.mean - pooled
+    return not tf1.clearly_above(tf3) and not tf1.clearly_above(tn1)
 
 
 def _plot(res: dict[str, Any], cells: list[SeedResult], out_dir: Path) -> list[Path]:
@@ -183,12 +241,14 @@ def _plot(res: dict[str, Any], cells: list[SeedResult], out_dir: Path) -> list[P
 
 EXPERIMENT = Experiment(
     name="mathwp",
-    title="Math problems as seq2seq on a UniLM-masked BERT: execution accuracy by beam width, TeaForN vs teacher forcing",
+    title="Math problems as seq2seq on a UniLM-masked BERT: execution accuracy by beam width, TeaForN vs "
+    "teacher forcing",
     metric="execution accuracy",
     claim=(
-        "Beam search is at least as accurate as greedy decoding (post: +0.1–0.6 points with beam 2–3), and "
-        "TeaForN (N=2) does not hurt (paper: helps more at larger beams); judged as mean(TF beam 3) ≥ mean(TF "
-        "greedy) and mean(TeaForN greedy) ≥ mean(TF greedy) − pooled seed std."
+        "Beam search is at least as accurate as greedy decoding (post: +0.1–0.6 points with beam 2–3), "
+        "and TeaForN (N=2) does not hurt (paper: helps more at larger beams); judged as non-inferiority: "
+        "neither TF beam 3 nor TeaForN greedy is clearly below TF greedy (the 95% paired bootstrap CI of "
+        "the per-seed difference lying below 0)."
     ),
     methods=METHODS,
     run_seed=run_seed,

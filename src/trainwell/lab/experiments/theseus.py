@@ -3,7 +3,8 @@
 Claim checked (kexue.fm/archives/7575; CLUE iflytek, BERT-base): a 3-layer successor trained by module
 replacement (59.36%) beats fine-tuning the first 3 layers of the pretrained model directly (57.96%)
 and keeps most of the 12-layer teacher (60.11%). Here ``claim_holds`` is True when ``Theseus 3
-layers`` is above ``direct 3 layers`` by more than the pooled seed std **and** recovers more than
+layers`` is above ``direct 3 layers`` (the 95% paired bootstrap CI of the per-seed difference lies
+above 0) **and** recovers more than
 half of the teacher's advantage over the direct model, ``Theseus − direct > ½ (teacher − direct)``.
 The rule was fixed before any run.
 
@@ -253,7 +254,7 @@ def run_seed(ctx: RunContext) -> SeedResult:
 
 
 def judge(stats: dict[str, MethodStats]) -> bool:
-    """Theseus-3 clearly above direct-3 (pooled std) and closing more than half the direct→teacher gap."""
+    """Theseus-3 clearly above direct-3 (paired CI > 0) and closing more than half the direct→teacher gap."""
     t, d, s = stats["teacher (6 layers)"], stats["direct 3 layers"], stats["Theseus 3 layers"]
     return s.clearly_above(d) and (s.mean - d.mean) > 0.5 * (t.mean - d.mean)
 
@@ -291,7 +292,8 @@ EXPERIMENT = Experiment(
     title="BERT-of-Theseus: 6-layer char BERT on Chinese sentiment compressed to 3 and 2 layers",
     metric="test_acc",
     claim="A 3-layer Theseus successor beats fine-tuning the first 3 pretrained layers directly and keeps "
-          "most of the teacher; judged as Theseus-3 above direct-3 by more than the pooled seed std and "
+          "most of the teacher; judged as Theseus-3 above direct-3 (95% paired bootstrap CI of "
+          "the per-seed difference above 0) and "
           "Theseus-3 − direct-3 > ½ (teacher − direct-3).",
     methods=METHODS,
     run_seed=run_seed,
