@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainwell._validation import fail
+
 __all__ = [
     "RngReplay",
     "apply_reduction",
@@ -21,6 +23,7 @@ __all__ = [
     "compute_dtype",
     "float32",
     "log1p_sum_exp",
+    "logits_of",
     "masked_fill_neg_inf",
     "to_compute_dtype",
 ]
@@ -159,3 +162,16 @@ class RngReplay:
         torch.set_rng_state(self._resume[0])
         if self._resume[1] is not None:
             torch.cuda.set_rng_state_all(self._resume[1])
+
+
+def logits_of(out: Any, *, fn: str) -> Tensor:
+    """The logits in a model's output: the tensor itself, its ``.logits`` (Hugging Face ``ModelOutput``), or
+    the first element of a tuple; anything else raises a ``TypeError`` naming ``fn``."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits  # type: ignore[no-any-return]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    expected = "a Tensor of logits, an object with .logits or a tuple whose first element is the logits"
+    fail(fn, "model output", expected, out, exc=TypeError)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainwell._ops import logits_of as _logits_of
 from trainwell._validation import check_callable, fail
 
 __all__ = [
@@ -168,14 +169,7 @@ def split_batch(batch: Any, fn: str = "split_batch") -> tuple[tuple[Any, ...], d
 
 def logits_of(out: Any) -> Tensor:
     """The logits of a model output: the tensor itself, ``.logits``, or the first element of a tuple."""
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits  # type: ignore[no-any-return]
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    fail("trainwell.techniques", "model output", "a Tensor of logits or an object with .logits", out,
-         exc=TypeError)
+    return _logits_of(out, fn="trainwell.techniques")
 
 
 def forward_logits(model: nn.Module, batch: Any) -> tuple[Tensor, Any]:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from trainwell._ops import logits_of
 from trainwell._validation import check_choice, check_int, check_module, check_same_shape, check_tensor, fail
 from trainwell.explain.integrated_gradients import integrated_gradients
 
@@ -82,14 +83,7 @@ class _ReplaceOutput:
 
 
 def _logits(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits  # type: ignore[no-any-return]
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"token_attributions(): the model returned {type(out).__name__}; expected logits, a "
-                    "ModelOutput with .logits or a tuple whose first element is the logits")
+    return logits_of(out, fn="token_attributions")
 
 
 def _token_id(model: nn.Module, given: int | None, attr: str, name: str) -> int:
