@@ -6,12 +6,12 @@ import functools
 import math
 import os
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -620,17 +620,16 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.ddp
-def test_ddp_gradient_equals_single_process_full_batch(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    # fork (Linux) skips re-importing torch in each child, which costs most of this test's time on a
-    # loaded 2-core machine; the worker sets one intra-op thread first, like DataLoader workers do.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    if method == "fork":
-        import torch._dynamo
-    mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method=method
-    )
+def test_ddp_gradient_equals_single_process_full_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # spawn, not fork: by this point the test process has run thread pools (OpenMP, tokenizers, Ray's
+    # gRPC), and a forked child can inherit one of their locks held. Spawned children unpickle the worker by
+    # its module name ('tests.losses.test_contrastive' under --import-mode=importlib), so the repository
+    # root goes on sys.path, which they inherit.
+    here = Path(__file__).resolve()
+    monkeypatch.syspath_prepend(str(here.parents[2]))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         res = torch.load(tmp_path / f"rank{rank}.pt")
         assert res["err"] <= 1e-10, (rank, res)

@@ -38,10 +38,23 @@ class WorkerDied(RuntimeError):
 
 
 def cpu_count() -> int:
+    """CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota when one is set.
+
+    Containers often show every host core in ``os.cpu_count()`` while a quota allows two; one thread per
+    visible core then oversubscribes the quota many times over.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 def _init_worker() -> None:
