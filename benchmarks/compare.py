@@ -4,7 +4,7 @@ local workers, local Ray vs the local pool, and a measured 500-cell run that fee
     python benchmarks/compare.py [--quick] [--threads 1]
 
 1. Overhead per cell: ``run_cell`` (seeding, the technique's step, the saved-tensor memory probe on the
-   first 2 steps, per-step loss bookkeeping, evaluation) vs a hand-written loop doing the same training
+   first step, per-step loss bookkeeping, evaluation) vs a hand-written loop doing the same training
    (same model, optimizer, batches, evaluation), timed round-robin. Target ≤ 5%.
 2. Throughput: ``compare()`` on a 3-technique × 4-seed grid with ``workers=1`` and ``workers=2`` (spawned
    pool, its start-up included) and on a local Ray instance (``ray.init(num_cpus=2)``, start-up reported

@@ -115,7 +115,7 @@ class Task:
         if isinstance(self.train_data, tuple):
             for i in range(0, len(perm), self.batch_size):
                 idx = perm[i: i + self.batch_size]
-                yield tuple(t[idx] for t in self.train_data)
+                yield tuple([t[idx] for t in self.train_data])
         else:
             from torch.utils.data import default_collate
 
@@ -220,7 +220,9 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return n
 
 
-MEMORY_STEPS = 2  # steps measured with saved-tensor hooks (the rest run without them)
+# steps measured with saved-tensor hooks (the rest run without them): one suffices, since the activations a
+# step saves do not change from step to step, and the optimizer state is counted after that step's update
+MEMORY_STEPS = 1
 
 
 def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) -> dict[str, Any]:
@@ -229,7 +231,7 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
     Returns a JSON-serialisable dict: ``technique`` (label), ``name``, ``params``, ``seed``, ``status``
     (``"ok"`` / ``"error"``), ``metrics``, ``train_seconds`` (the training loop's wall time),
     ``peak_memory_bytes`` (on CUDA the allocator's peak; on CPU the largest bytes saved for backward in
-    one of the first steps plus parameters, gradients and optimizer state), ``losses`` (mean training
+    the first step plus parameters, gradients and optimizer state), ``losses`` (mean training
     loss per epoch), ``error`` (the traceback, on error).
     """
     out: dict[str, Any] = {"technique": technique.label, "name": technique.name,
@@ -237,7 +239,7 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
                            "seed": int(seed), "status": "ok", "pid": os.getpid()}
     old_threads = torch.get_num_threads()
     try:
-        if threads is not None:
+        if threads is not None and int(threads) != old_threads:
             torch.set_num_threads(max(1, int(threads)))
         _seed_all(seed)
         model = task.make_model(seed)
@@ -259,7 +261,7 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
         t0 = time.perf_counter()
         for _ in range(task.epochs):
             model.train()
-            epoch_losses: list[Tensor] = []  # stacked once per epoch: no per-step tensor work
+            epoch_losses: list[Tensor] = []  # read once per epoch: no per-step host sync
             for batch in task.batches(order):
                 if dev.type != "cpu":
                     batch = _to(batch, dev)
@@ -268,13 +270,15 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
                     saved = _SavedBytes()
                     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
                         loss = step(batch)
+                    optimizer.step()  # counted after the update: its state exists from the first step on
                     peak = max(peak, saved.total + _state_bytes(model, optimizer))
                 else:
                     loss = step(batch)
-                optimizer.step()
+                    optimizer.step()
                 steps += 1
                 epoch_losses.append(loss)
-            losses.append(float(torch.stack([v.detach().reshape(()) for v in epoch_losses]).double().mean())
+            # one float per step, read at the epoch's end (on CUDA the first read syncs, the rest are ready)
+            losses.append(math.fsum(float(v) for v in epoch_losses) / len(epoch_losses)
                           if epoch_losses else math.nan)
         if cuda:
             torch.cuda.synchronize(dev)
@@ -292,7 +296,8 @@ def run_cell(task: Task, technique: Any, seed: int, threads: int | None = None) 
         out["error"] = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         out["error_summary"] = f"{type(e).__name__}: {e}"
     finally:
-        torch.set_num_threads(old_threads)
+        if torch.get_num_threads() != old_threads:
+            torch.set_num_threads(old_threads)
     return out
 
 
