@@ -152,3 +152,40 @@ def test_bad_specs_raise_clear_errors() -> None:
         Technique("a:b", lambda m, lf, o: None)
     with pytest.raises(TypeError, match="embedding"):
         get_technique("fgm").build(nn.Linear(2, 2), _ce, None)  # no get_input_embeddings()
+
+
+def test_unlabelled_batches_train_the_consistency_term_alone() -> None:
+    """``(x, None)`` / ``{"labels": None}``: VAT's α·LDS and R-Drop's α·½(KL¹² + KL²¹), nothing else."""
+    from trainwell.losses import symmetric_kl
+    from trainwell.regularizers import VAT
+
+    x, _ = make_data(16)
+
+    def fresh(train: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return TinyNet().train(train)
+
+    # R-Drop: two dropout passes on [x; x], the KL term alone
+    m = fresh(True)
+    torch.manual_seed(5)
+    out = get_technique("rdrop:alpha=2:concat=true").build(m, _ce, None)((x, None))
+    reg = _grads(m)
+    m = fresh(True)
+    torch.manual_seed(5)
+    l1, l2 = m(torch.cat([x, x])).chunk(2)
+    kl = 2.0 * symmetric_kl(l1, l2)
+    kl.backward()
+    assert float(out) > 0 and torch.equal(out, kl.detach())
+    assert all(torch.equal(a, b) for a, b in zip(reg, _grads(m)))
+
+    # VAT: the same as VAT.step on a closure that returns logits only (no supervised term)
+    m = fresh(False)
+    torch.manual_seed(7)
+    out = get_technique("vat:epsilon=0.5:xi=0.001").build(m, _ce, None)({"ids": x, "labels": None})
+    reg = _grads(m)
+    m = fresh(False)
+    torch.manual_seed(7)
+    ref = VAT(m.get_input_embeddings(), epsilon=0.5, xi=0.001).step(lambda: m(x))
+    assert float(out) > 0 and torch.equal(out, ref)
+    assert all(torch.equal(a, b) for a, b in zip(reg, _grads(m)))
+    assert any(float(g.abs().sum()) > 0 for g in reg)

@@ -20,6 +20,11 @@ as ``model(*inputs)``) or as a dict with ``"labels"`` (the model is called as ``
 ``.logits`` are used). Adversarial techniques perturb the module ``embedding`` names (default
 ``model.get_input_embeddings()``).
 
+Unlabelled batches: ``vat`` and ``rdrop`` also take a batch whose target is ``None`` (``(x, None)`` or a dict
+with ``"labels": None``) and then apply their consistency term alone (``α·LDS`` for VAT, ``α·½(KL¹² + KL²¹)``
+for R-Drop) and return it: the semi-supervised use of posts 7466 and 8496, where a labelled step and an
+unlabelled step fill ``.grad`` one after the other before ``optimizer.step()``.
+
 Specs: ``"name"``, ``"name:key=value"``, several keys ``"name:k1=v1:k2=v2"``, and a grid
 ``"fgm:epsilon=0.3,1.0"`` (:func:`expand_techniques` gives one technique per combination). Values are
 parsed as bool (``true``/``false``), int, float, ``none``, else kept as text; they are never evaluated.
@@ -359,10 +364,11 @@ def _rdrop(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, alpha: float = 
            concat: bool = True) -> StepFn:
     """R-Drop: two dropout passes, ``CE¹ + CE² + α·½(KL¹² + KL²¹)``; returns the first pass's CE.
 
-    ``concat=True`` runs both passes as one forward on the doubled batch (tensor inputs only).
+    ``concat=True`` runs both passes as one forward on the doubled batch (tensor inputs only). A batch
+    with target ``None`` is unlabelled: ``α·½(KL¹² + KL²¹)`` alone is minimised and returned.
     Source: kexue.fm/archives/8496; arXiv 2106.14448.
     """
-    from trainwell.losses import rdrop_loss
+    from trainwell.losses import rdrop_loss, symmetric_kl
 
     def step(batch: Any) -> Tensor:
         args, kwargs, target = split_batch(batch, fn="techniques.rdrop")
@@ -371,6 +377,10 @@ def _rdrop(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, alpha: float = 
         else:
             l1 = logits_of(model(*args, **kwargs))
             l2 = logits_of(model(*args, **kwargs))
+        if target is None:  # an unlabelled batch: the consistency term alone
+            kl = alpha * symmetric_kl(l1, l2)
+            kl.backward()
+            return kl.detach()
         loss = rdrop_loss(l1, l2, target, alpha=alpha)
         loss.backward()
         lg, y = _flat(l1.detach(), target)
@@ -479,15 +489,22 @@ def _parameter_gp(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, beta: fl
 
 
 def _vat(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, epsilon: float = 1.0, xi: float = 1e-6,
-         alpha: float = 1.0, embedding: Any = None) -> StepFn:
-    """VAT on the labelled batch: CE + α·KL(p(x) ‖ p(x + r_adv)) (kexue.fm/archives/7466)."""
+         alpha: float = 1.0, power_iterations: int = 1, embedding: Any = None) -> StepFn:
+    """VAT: CE + α·KL(p(x) ‖ p(x + r_adv)) on a labelled batch (kexue.fm/archives/7466).
+
+    A batch with target ``None`` is unlabelled: ``α·KL`` alone is minimised and returned (the
+    semi-supervised use).
+    """
     from trainwell.regularizers import VAT
 
     emb = resolve_embedding(model, embedding, "techniques.vat")
-    vat = VAT(emb, epsilon=epsilon, xi=xi, alpha=alpha)
+    vat = VAT(emb, epsilon=epsilon, xi=xi, alpha=alpha, power_iterations=power_iterations)
 
     def step(batch: Any) -> Tensor:
         last: list[Tensor] = []
+        args, kwargs, target = split_batch(batch, fn="techniques.vat")
+        if target is None:  # an unlabelled batch: the virtual adversarial term alone
+            return vat.step(lambda: logits_of(model(*args, **kwargs)))
 
         def closure() -> tuple[Tensor | None, Tensor]:
             logits, target = forward_logits(model, batch)

@@ -22,7 +22,6 @@ Hyperparameters are fixed a priori from the posts and the papers (:data:`FT_HPAR
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -214,77 +213,58 @@ def _default_data() -> TextSplits:
 StepFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def _regularize_step(method: str, model: nn.Module, log: dict[str, Any]) -> StepFn:
-    """The per-batch function of ``method``: fills ``.grad`` and returns the clean loss (detached)."""
-    from trainwell.losses import flooding, rdrop_loss
-    from trainwell.regularizers import (
-        FGM,
-        PGD,
-        FastGradientPenalty,
-        capture_embedding_output,
-        gradient_penalty,
-    )
+def _method_steps(method: str, model: nn.Module, log: dict[str, Any]) -> tuple[StepFn, StepFn | None]:
+    """``(labelled step, unlabelled step or None)`` of ``method``, both from the technique registry.
+
+    The labelled step takes ``(ids, mask, y)``, fills ``.grad`` and returns the clean loss (detached);
+    the unlabelled one (``vat`` only) takes ``(ids, mask)`` and adds its consistency term's gradient.
+    """
+    from trainwell.techniques import get_technique
 
     hp = FT_HPARAMS
-    emb: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
+    spec, unlabeled_spec = {
+        "baseline": ("baseline", None),
+        "FGM": (f"fgm:epsilon={hp['fgm_epsilon']}", None),
+        "PGD": (f"pgd:epsilon={hp['pgd_epsilon']}:alpha={hp['pgd_alpha']}:steps={hp['pgd_steps']}", None),
+        "fast GP": (f"fast_gp:epsilon={hp['gp_epsilon']}", None),
+        "GP": (f"gp:epsilon={hp['gp_epsilon']}", None),
+        # one forward on the doubled batch: dropout draws independent masks for the two copies
+        "R-Drop": (f"rdrop:alpha={hp['rdrop_alpha']}:concat=true", None),
+        "flooding": (f"flooding:level={hp['flood_level']}", None),
+        # vat: the labelled batch trains plainly (or with FGM), VAT works on the unlabelled one
+        "labeled only": ("baseline", None),
+        "VAT": ("baseline", f"vat:epsilon={hp['vat_epsilon']}:xi={hp['vat_xi']}"
+                            f":power_iterations={hp['vat_power_iterations']}:alpha={hp['vat_alpha']}"),
+        "FGM (labels only)": (f"fgm:epsilon={hp['fgm_epsilon']}", None),
+    }.get(method, (None, None))
+    if spec is None:
+        raise ValueError(f"fine-tuning: unknown method {method!r}")
 
-    def ce(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, y)
+    def ce(m: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        return _ce(m, *batch)
 
-    if method == "baseline":
+    step = get_technique(spec).build(model, ce, None)
+    unl = None if unlabeled_spec is None else get_technique(unlabeled_spec).build(model, ce, None)
 
-        def plain(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-            loss = ce(ids, mask, y)
-            loss.backward()
-            return loss.detach()
+    def labeled(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
+        return step((ids, mask, y))
 
-        return plain
-    if method in ("FGM", "PGD", "fast GP"):
-        reg: Any
-        if method == "FGM":
-            reg = FGM(emb, epsilon=hp["fgm_epsilon"])
-        elif method == "PGD":
-            reg = PGD(emb, epsilon=hp["pgd_epsilon"], alpha=hp["pgd_alpha"], steps=hp["pgd_steps"])
-        else:
-            reg = FastGradientPenalty(emb, epsilon=hp["gp_epsilon"])
+    def unlabeled(ids: Tensor, mask: Tensor) -> Tensor:
+        assert unl is not None
+        return unl((ids, mask, None))
 
-        def two_pass(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-            out: Tensor = reg.step(lambda: ce(ids, mask, y))
-            return out.detach()
+    if method != "flooding":
+        return labeled, (None if unl is None else unlabeled)
+    log["steps"] = 0
+    log["flood_active_steps"] = 0
 
-        return two_pass
-    if method == "GP":
+    def flood(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
+        loss = step((ids, mask, y))
+        log["steps"] += 1
+        log["flood_active_steps"] += int(float(loss) < hp["flood_level"])
+        return loss
 
-        def exact_gp(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-            with capture_embedding_output(emb) as outs:
-                loss = ce(ids, mask, y)
-            (loss + gradient_penalty(loss, outs[0], epsilon=hp["gp_epsilon"])).backward()
-            return loss.detach()
-
-        return exact_gp
-    if method == "R-Drop":
-
-        def rdrop(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-            # one forward on the doubled batch: dropout draws independent masks for the two copies
-            logits = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask])).logits
-            l1, l2 = logits.chunk(2)
-            rdrop_loss(l1, l2, y, alpha=hp["rdrop_alpha"]).backward()
-            return F.cross_entropy(l1.detach(), y)
-
-        return rdrop
-    if method == "flooding":
-        log["steps"] = 0
-        log["flood_active_steps"] = 0
-
-        def flood(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-            loss = ce(ids, mask, y)
-            flooding(loss, hp["flood_level"]).backward()
-            log["steps"] += 1
-            log["flood_active_steps"] += int(float(loss.detach()) < hp["flood_level"])
-            return loss.detach()
-
-        return flood
-    raise ValueError(f"regularize --full: unknown method {method!r}")
+    return flood, None
 
 
 def _ce(model: nn.Module, ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
@@ -317,24 +297,7 @@ def _finetune(
     sched = _scheduler(opt, total)
     evals = _eval_points(total, cfg.evals)
     log: dict[str, Any] = {}
-    step_fn: StepFn | None = None if vat else _regularize_step(method, model, log)
-    vat_obj: Any = None
-    fgm: Any = None
-    if vat:
-        from trainwell.regularizers import FGM, VAT
-
-        hp = FT_HPARAMS
-        emb: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
-        if method == "VAT":
-            vat_obj = VAT(
-                emb,
-                epsilon=hp["vat_epsilon"],
-                xi=hp["vat_xi"],
-                power_iterations=hp["vat_power_iterations"],
-                alpha=hp["vat_alpha"],
-            )
-        elif method == "FGM (labels only)":
-            fgm = FGM(emb, epsilon=hp["fgm_epsilon"])
+    step_fn, unlabeled_step = _method_steps(method, model, log)
     order = torch.Generator().manual_seed(seed)  # the same batches for every method of this seed
     unl = enc.get("unlabeled")
     unl_perm, ui = (torch.randperm(len(unl), generator=order), 0) if (vat and unl is not None) else (None, 0)
@@ -349,19 +312,13 @@ def _finetune(
             t0, c0 = time.perf_counter(), time.process_time()
             ids, mask, y = train.batch(perm[i : i + cfg.batch_size])
             opt.zero_grad(set_to_none=True)
-            if step_fn is not None:
-                loss = step_fn(ids, mask, y)
-            elif fgm is not None:
-                loss = fgm.step(functools.partial(_ce, model, ids, mask, y))
-            else:
-                loss = _ce(model, ids, mask, y)
-                loss.backward()
-                if vat_obj is not None and unl is not None and unl_perm is not None:
-                    if ui + cfg.unlabeled_batch > len(unl):
-                        unl_perm, ui = torch.randperm(len(unl), generator=order), 0
-                    uids, umask, _ = unl.batch(unl_perm[ui : ui + cfg.unlabeled_batch])
-                    ui += cfg.unlabeled_batch
-                    vat_obj.step(functools.partial(model, input_ids=uids, attention_mask=umask))
+            loss = step_fn(ids, mask, y)
+            if unlabeled_step is not None and unl is not None and unl_perm is not None:
+                if ui + cfg.unlabeled_batch > len(unl):
+                    unl_perm, ui = torch.randperm(len(unl), generator=order), 0
+                uids, umask, _ = unl.batch(unl_perm[ui : ui + cfg.unlabeled_batch])
+                ui += cfg.unlabeled_batch
+                unlabeled_step(uids, umask)
             opt.step()
             sched.step()
             step += 1

@@ -10,10 +10,12 @@ in total, ratio 100; see :mod:`trainwell.lab.datasets.fashion_mnist`); the test 
 balanced 10k split, so accuracy on it is balanced accuracy. Every method starts from the same
 initial weights and sees the same mini-batch order within a seed (paired comparison). Methods:
 
-* ``CE`` — plain cross-entropy, argmax of the logits.
-* ``reweight`` — CE with class weights ``∝ n_y^{-1}`` (``class_balanced_weights(counts, tau=1)``).
-* ``focal`` — multi-class focal loss, γ = 2, no α.
-* ``LA loss`` — ``logit_adjusted_cross_entropy`` with τ = 1; predict with argmax of the raw logits.
+* ``CE`` — plain cross-entropy, argmax of the logits (registry ``baseline``).
+* ``reweight`` — registry ``class_balanced:tau=1`` with the training counts: ``class_balanced_cross_entropy``
+  with weights ``∝ n_y^{-1}`` as per-sample multipliers (mean over the batch's rows, not over ``Σ w_y``).
+* ``focal`` — registry ``focal:gamma=2``, multi-class focal loss, no α.
+* ``LA loss`` — registry ``logit_adjust:tau=1`` with the training counts (``logit_adjusted_cross_entropy``);
+  predict with argmax of the raw logits.
 * ``post-hoc LA`` — the ``CE`` model itself, predicted with ``argmax(f(x) − τ log π)``, τ = 1.
 
 Model (see ``SETTINGS``): quick mode a 2-hidden-layer MLP (256 units), 6 epochs of Adam (lr 1e-3, batch
@@ -32,18 +34,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainwell.lab.base import Experiment, MethodStats, RunContext, SeedResult
 from trainwell.lab.datasets.fashion_mnist import LongTailData, load_long_tailed_fashion_mnist
 from trainwell.losses import (
-    class_balanced_weights,
-    focal_loss,
     log_prior_from_counts,
-    logit_adjusted_cross_entropy,
     posthoc_logit_adjust,
 )
+from trainwell.techniques import Technique, get_technique
 
 __all__ = ["EXPERIMENT", "balanced_accuracy", "per_class_accuracy"]
 
@@ -129,11 +128,12 @@ def _logits(model: nn.Module, x: Tensor, batch: int = 2048) -> Tensor:
 def _train(
     ctx: RunContext,
     data: LongTailData,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    technique: Technique,
     desc: str,
     readouts: Mapping[str, Callable[[Tensor], Tensor]],
 ) -> tuple[nn.Module, dict[str, list[float]]]:
-    """Train one model; returns it and, per readout, the balanced test accuracy after every epoch."""
+    """Train one model with ``technique`` (a registry entry: its step fills ``.grad``); returns the model and,
+    per readout, the balanced test accuracy after every epoch."""
     cfg = SETTINGS[ctx.mode]
     epochs, batch, lr = int(cfg["epochs"]), int(cfg["batch"]), float(cfg["lr"])
     # Same init and same batch order for every method of this seed: a paired comparison.
@@ -149,14 +149,14 @@ def _train(
     steps_per_epoch = math.ceil(n / batch)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    step = technique.build(model, None, opt)  # None: cross-entropy on (x, y) where the loss is not replaced
     curves: dict[str, list[float]] = {name: [] for name in readouts}
     for _ in ctx.iterate(range(epochs), desc=desc):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch):
             idx = perm[i:i + batch]
-            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step((data.x_train[idx], data.y_train[idx]))
             opt.step()
             sched.step()
         logits = _logits(model, data.x_test)
@@ -176,7 +176,6 @@ def run_seed(ctx: RunContext) -> SeedResult:
     )
     k = data.num_classes
     log_prior = log_prior_from_counts(data.counts)
-    weights = class_balanced_weights(data.counts, tau=1.0)
 
     def identity(z: Tensor) -> Tensor:
         return z
@@ -184,11 +183,13 @@ def run_seed(ctx: RunContext) -> SeedResult:
     def posthoc(z: Tensor) -> Tensor:
         return posthoc_logit_adjust(z, log_prior, tau=TAU)
 
-    losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-        "CE": lambda z, y: F.cross_entropy(z, y),
-        "reweight": lambda z, y: F.cross_entropy(z, y, weight=weights),
-        "focal": lambda z, y: focal_loss(z, y, gamma=GAMMA),
-        "LA loss": lambda z, y: logit_adjusted_cross_entropy(z, y, log_prior, tau=TAU),
+    counts = [float(c) for c in data.counts]
+    # every trained method is a registry technique with the class counts of the training set as its prior
+    techniques = {
+        "CE": get_technique("baseline"),
+        "reweight": get_technique("class_balanced").with_params(tau=1.0, counts=counts),
+        "focal": get_technique("focal").with_params(gamma=GAMMA),
+        "LA loss": get_technique("logit_adjust").with_params(tau=TAU, counts=counts),
     }
     values: dict[str, float] = {}
     head: dict[str, float] = {}
@@ -203,10 +204,10 @@ def run_seed(ctx: RunContext) -> SeedResult:
         tail[name] = float(acc[-3:].nanmean())
         per_class[name] = [round(float(a), 4) for a in acc]
 
-    for name, loss_fn in losses.items():
+    for name, technique in techniques.items():
         # Post-hoc adjustment reuses the CE model: no extra training, just another readout.
         readouts = {name: identity, "post-hoc LA": posthoc} if name == "CE" else {name: identity}
-        model, model_curves = _train(ctx, data, loss_fn, f"imbalance seed {ctx.seed} {name}", readouts)
+        model, model_curves = _train(ctx, data, technique, f"imbalance seed {ctx.seed} {name}", readouts)
         logits = _logits(model, data.x_test)
         for method, readout in readouts.items():
             record(method, readout(logits))
@@ -244,6 +245,7 @@ EXPERIMENT = Experiment(
     source="kexue.fm/archives/7615; Menon et al. arXiv:2007.07314",
     reported="CIFAR-10-LT (ratio 100, ResNet-32), balanced accuracy: ERM 0.714, post-hoc LA 0.773, "
     "LA loss 0.779 (google-research/logit_adjustment README).",
+    version="2",  # methods built from the technique registry; reweight = class_balanced_cross_entropy
     seeds={"tiny": 1, "quick": 3, "full": 5},
     threads=1,  # small models: one thread is nearly as fast and never stalls a busy machine
     full_runtime="about 25 min single-threaded (measured 295 s CPU per seed: 4 CNN trainings x 12 epochs; "
