@@ -147,3 +147,65 @@ def test_tiny_model_overfits_20_problems(tokenizer) -> None:
     assert correct == 20, results
     beam = MathSolver(model, num_beams=3, max_new_tokens=12).solve(data[0][0])
     assert beam[0] == data[0][1] and beam[1] == data[0][2]
+
+
+def test_cached_decoding_is_exact(tokenizer) -> None:
+    """The key/value cache changes nothing: per-step logits match a full recompute, and greedy, beam and
+    sampled outputs are identical with and without it (left padding, prompts that end in target tokens)."""
+    from trainwell.seq2seq.unilm import UniLMCachedStep
+
+    model = UniLMSeq2Seq(tiny_bert(tokenizer.vocab_size, seed=3), tokenizer).eval()
+    cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    enc = [tokenizer.encode(t, add_special_tokens=False) for t in ("3加4", "12减57", "7")]
+    prompts = [[cls, *e, sep] for e in enc]
+    # the second prompt carries two target-segment tokens already (as question generation does)
+    prompts[1] = [*prompts[1], enc[0][0], enc[0][1]]
+    segments = [[0] * len(p) for p in prompts]
+    segments[1][-2:] = [1, 1]
+    ids, cached = model.next_token_fn(prompts, segments, pad, use_cache=True)
+    _, plain = model.next_token_fn(prompts, segments, pad, use_cache=False)
+    assert isinstance(cached, UniLMCachedStep) and not isinstance(plain, UniLMCachedStep)
+    g = torch.Generator().manual_seed(0)
+    x = ids
+    with torch.no_grad():
+        for _ in range(5):
+            a, b = cached(x), plain(x)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            x = torch.cat([x, torch.randint(5, tokenizer.vocab_size, (x.shape[0], 1), generator=g)], dim=1)
+        assert cached.cache is not None and cached.cache.get_seq_length() == x.shape[1] - 1
+        # a shorter input starts a new decode instead of reusing the cache
+        torch.testing.assert_close(cached(ids), plain(ids), atol=1e-5, rtol=1e-5)
+    kw = {"eos_token_id": sep, "pad_token_id": pad, "max_new_tokens": 8}
+    for extra in ({}, {"num_beams": 3}, {"num_beams": 4, "length_penalty": 0.5}):
+        on = model.generate_ids(prompts, segments, **kw, **extra)
+        off = model.generate_ids(prompts, segments, use_cache=False, **kw, **extra)
+        assert on == off, extra
+    s_on = model.generate_ids(prompts, segments, do_sample=True, top_k=5,
+                              generator=torch.Generator().manual_seed(1), **kw)
+    s_off = model.generate_ids(prompts, segments, do_sample=True, top_k=5, use_cache=False,
+                               generator=torch.Generator().manual_seed(1), **kw)
+    assert s_on == s_off
+
+
+def test_encoder_that_ignores_the_cache_falls_back(tokenizer) -> None:
+    class NoCache(torch.nn.Module):
+        """An HF-style encoder whose forward has no cache argument."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = tiny_bert(tokenizer.vocab_size, seed=2)
+            self.config = self.inner.config
+
+        def get_input_embeddings(self) -> torch.nn.Module:
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask, token_type_ids, position_ids=None):  # type: ignore[no-untyped-def]
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids, position_ids=position_ids)
+
+    wrapped = UniLMSeq2Seq(NoCache(), tokenizer)
+    direct = UniLMSeq2Seq(tiny_bert(tokenizer.vocab_size, seed=2), tokenizer)
+    assert wrapped.hf
+    texts = ["3加4", "12减5"]
+    assert wrapped.generate(texts, max_new_tokens=6, num_beams=2) == direct.generate(texts, max_new_tokens=6,
+                                                                                     num_beams=2)

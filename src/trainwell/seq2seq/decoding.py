@@ -4,7 +4,8 @@ One entry point, :func:`generate`, with Hugging Face ``generate``'s argument nam
 wrappers (:func:`greedy_search`, :func:`beam_search`, :func:`sample`). The model is either
 
 - a plain callable ``ids [B, t] -> next-token logits [B, V]`` (the minimal form; it sees the whole prefix
-  every step, which is how the UniLM posts decode — kexue.fm/archives/6933, /7809), or
+  every step, which is how the UniLM posts decode — kexue.fm/archives/6933, /7809; a callable that keeps
+  its own key/value cache defines ``reorder(index)``, which beam search calls with the rows it keeps), or
 - an ``nn.Module`` returning ``.logits`` ``[B, t, V]`` (a Hugging Face causal LM or any module with that
   output); when it returns a key/value cache (``cache`` / ``past_key_values``) the cache is used, so each
   step feeds only the newest token.
@@ -83,6 +84,11 @@ class _Stepper:
                 self.kwargs[k] = v.repeat_interleave(repeats, dim=0)
 
     def reorder(self, index: Tensor) -> None:
+        if not self.is_module:  # a callable that keeps its own cache says so with a reorder(index) method
+            hook = getattr(self.model, "reorder", None)
+            if callable(hook):
+                hook(index)
+            return
         for k in self.grow:
             self.kwargs[k] = self.kwargs[k].index_select(0, index)
         if self.cache is None:

@@ -26,7 +26,9 @@ from trainwell._validation import check_int, check_module, check_tensor, fail
 from trainwell.nn.masks import to_hf_mask, unilm_mask
 from trainwell.seq2seq.decoding import LogitsProcessor, generate
 
-__all__ = ["LMOutput", "Seq2SeqCollator", "UniLMSeq2Seq", "shifted_lm_loss", "unilm_labels"]
+__all__ = [
+    "LMOutput", "Seq2SeqCollator", "UniLMCachedStep", "UniLMSeq2Seq", "shifted_lm_loss", "unilm_labels",
+]
 
 IGNORE = -100
 
@@ -312,10 +314,14 @@ class UniLMSeq2Seq(nn.Module):
         segments: Sequence[Sequence[int]],
         pad_id: int,
         new_segment: int = 1,
+        use_cache: bool = True,
     ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """Left-padded prompt batch and the ``ids -> next logits`` function :func:`generate` decodes with.
 
-        New tokens get segment ``new_segment``; positions count from each row's first real token.
+        New tokens get segment ``new_segment``; positions count from each row's first real token. For a
+        Hugging Face encoder whose attention takes a key/value cache (BERT, RoBERTa, ...) and
+        ``use_cache=True``, the function keeps one (see :class:`UniLMCachedStep`): each step then feeds
+        only the newest token. Otherwise every step recomputes the whole sequence.
         """
         dev = next(self.model.parameters()).device
         b, t0 = len(prompts), max(len(p) for p in prompts)
@@ -327,6 +333,8 @@ class UniLMSeq2Seq(nn.Module):
             types[i, t0 - len(p) :] = torch.tensor(list(s), dtype=torch.long)
             mask[i, t0 - len(p) :] = 1
         hf = self.hf
+        if hf and use_cache:
+            return ids, UniLMCachedStep(self, mask, types, new_segment)
 
         def step(x: Tensor) -> Tensor:
             r = x.shape[0] // b
@@ -357,10 +365,11 @@ class UniLMSeq2Seq(nn.Module):
         """
         if segments is None:
             segments = [[0] * len(p) for p in prompts]
+        use_cache = bool(generate_kwargs.pop("use_cache", True))
         was_training = self.training
         self.eval()
         try:
-            ids, step = self.next_token_fn(prompts, segments, pad_token_id)
+            ids, step = self.next_token_fn(prompts, segments, pad_token_id, use_cache=use_cache)
             out = generate(
                 step,
                 ids,
@@ -396,7 +405,9 @@ class UniLMSeq2Seq(nn.Module):
 
         Texts (needs ``tokenizer``) are encoded as ``[CLS] source [SEP]`` and the decoded targets are
         returned as texts; token-id sequences are taken as the whole prompt and new token ids are returned.
-        Decoding recomputes the full sequence every step (as the author did), through :func:`generate`.
+        Decoding runs through :func:`generate`; a Hugging Face encoder decodes with a key/value cache (exact
+        under the UniLM mask, see :class:`UniLMCachedStep`), any other encoder recomputes the full sequence
+        every step (as the author did).
         """
         fn = "UniLMSeq2Seq.generate"
         single = isinstance(source_texts_or_ids, str)
@@ -440,3 +451,85 @@ class UniLMSeq2Seq(nn.Module):
         if texts:
             return [decode_text(self.tokenizer, r) for r in new]
         return new
+
+
+class UniLMCachedStep:
+    """``ids [B, t] -> next-token logits [B, V]`` for a Hugging Face encoder under the UniLM mask, with a
+    key/value cache, for :func:`~trainwell.seq2seq.generate`.
+
+    Exact, not an approximation: under the UniLM mask no position attends a later one (source tokens see
+    only source tokens, each target token sees the source and the targets before it), so every layer's
+    keys and values of the positions already decoded never change when tokens are appended. The first
+    call runs the prompt with the full UniLM mask and keeps the cache; each later call whose ``ids`` are one
+    token longer feeds only that token (segment ``new_segment``, the next position of its row, attending
+    every real token). Beam search calls :meth:`reorder` with the surviving beams' rows. A call that does
+    not extend the previous one by exactly one token (a new decode) starts over. Encoders whose attention
+    ignores the cache are detected on the first call and decoded without one.
+
+    Source: kexue.fm/archives/6933 (UniLM seq2seq); Dong et al., arXiv:1905.03197.
+    """
+
+    def __init__(self, owner: UniLMSeq2Seq, mask: Tensor, types: Tensor, new_segment: int) -> None:
+        self.owner = owner
+        self.mask = mask  # [B, T0] prompt padding (1 = real token), left-padded
+        self.types = types  # [B, T0] prompt segments
+        self.new_segment = int(new_segment)
+        self.cache: Any = None
+        self.length = 0
+        self.am: Tensor | None = None  # [rows, length] padding of the cached rows
+        self.cached = True  # False once the encoder turned out not to fill the cache
+
+    def _dtype(self) -> torch.dtype:
+        p = next(self.owner.model.parameters(), None)
+        return p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+
+    def _full(self, x: Tensor) -> Tensor:
+        b, t0 = self.mask.shape
+        r, m = x.shape[0] // b, x.shape[1] - t0
+        am = torch.cat([self.mask.repeat_interleave(r, 0), self.mask.new_ones(x.shape[0], m)], dim=1)
+        new = self.types.new_full((x.shape[0], m), self.new_segment)
+        tt = torch.cat([self.types.repeat_interleave(r, 0), new], dim=1)
+        pos = (am.cumsum(-1) - 1).clamp(min=0)
+        mask = self.owner.attention_mask(tt, am, self._dtype())
+        kw: dict[str, Any] = {"input_ids": x, "attention_mask": mask, "token_type_ids": tt,
+                              "position_ids": pos}
+        out = None
+        if self.cached:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=getattr(self.owner.model, "config", None))
+            try:
+                out = self.owner.model(**kw, cache=self.cache)
+            except TypeError:  # a forward without a cache argument
+                self.cached, self.cache = False, None
+        if out is None:
+            out = self.owner.model(**kw)
+        if self.cached and self.cache.get_seq_length() != x.shape[1]:
+            self.cached, self.cache = False, None  # the encoder did not use it: recompute every step
+        self.length, self.am = x.shape[1], am
+        return out.logits[:, -1]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        am = self.am
+        if (not self.cached or self.cache is None or am is None or x.shape[1] != self.length + 1
+                or x.shape[0] != am.shape[0]):
+            return self._full(x)
+        am = torch.cat([am, am.new_ones(am.shape[0], 1)], dim=1)
+        may = am.bool()[:, None, :]  # [rows, 1 query, T keys]: the new token attends every real token
+        add = torch.zeros(may.shape, dtype=self._dtype(), device=x.device).masked_fill_(
+            ~may, torch.finfo(self._dtype()).min)[:, None]
+        out = self.owner.model(
+            input_ids=x[:, -1:],
+            attention_mask=add,
+            token_type_ids=x.new_full((x.shape[0], 1), self.new_segment),
+            position_ids=am.sum(-1, keepdim=True) - 1,
+            cache=self.cache,
+        )
+        self.length, self.am = x.shape[1], am
+        return out.logits[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the cache rows of ``index`` (beam search's surviving hypotheses), in that order."""
+        if self.cache is not None and self.am is not None:
+            self.cache.reorder_cache(index)
+            self.am = self.am.index_select(0, index)
