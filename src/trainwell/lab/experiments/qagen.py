@@ -179,5 +179,5 @@ EXPERIMENT = Experiment(
     seeds={"tiny": 1, "quick": 3, "full": 3},
     full_runtime="about 30 min on 2 CPU cores (width 256, 4 layers, 5,000 steps × 3 seeds)",
     plot=_plot,
-    threads=1,
+    threads=2,
 )
