@@ -138,7 +138,7 @@ EXPERIMENT = Experiment(
     reported="qualitative only (varied, on-topic sampled replies); final training loss ≈ 2.83 nats/token "
     "on LCCC",
     seeds={"tiny": 1, "quick": 3, "full": 3},
-    default=False,  # about 3.5 min per seed on one thread in quick mode: run it by name (`trainwell lab dialog`)
+    default=False,  # ≈ 3.5 min per seed on one thread in quick mode: run it by name (`trainwell lab dialog`)
     full_runtime="about 40 min on 2 CPU cores (width 256, 4 layers, 5,000 steps × 2 × 3 seeds)",
     plot=_plot,
     threads=2,
