@@ -144,3 +144,30 @@ def test_dataset_train_data_and_custom_embedding() -> None:
     # the Dataset path draws the same batches as the tuple path
     assert _table(r) == _table(tup)
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "affinity", "expected"),
+    [("max 100000\n", 8, 8), ("200000 100000\n", 8, 2), ("150000 100000\n", 8, 1), ("50000 100000\n", 8, 1),
+     ("800000 100000\n", 4, 4), (None, 3, 3), ("garbage\n", 6, 6)],
+)
+def test_cpu_count_honours_a_cgroup_quota(monkeypatch, cpu_max, affinity, expected) -> None:
+    """The usable CPUs: the affinity set capped by cgroup v2's cpu.max quota/period (floored, at least 1)."""
+    import builtins
+    import io
+    import os
+
+    from trainwell.compare import backends
+
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):  # type: ignore[no-untyped-def]
+        if str(path) == "/sys/fs/cgroup/cpu.max":
+            if cpu_max is None:
+                raise FileNotFoundError(path)
+            return io.StringIO(cpu_max)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    assert backends.cpu_count() == expected
