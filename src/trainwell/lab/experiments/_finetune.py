@@ -213,7 +213,9 @@ def _default_data() -> TextSplits:
 StepFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def _method_steps(method: str, model: nn.Module, log: dict[str, Any]) -> tuple[StepFn, StepFn | None]:
+def _method_steps(
+    method: str, model: nn.Module, log: dict[str, Any]
+) -> tuple[StepFn, Callable[[Tensor, Tensor], Tensor] | None]:
     """``(labelled step, unlabelled step or None)`` of ``method``, both from the technique registry.
 
     The labelled step takes ``(ids, mask, y)``, fills ``.grad`` and returns the clean loss (detached);
