@@ -507,7 +507,7 @@ def _vat(model: nn.Module, loss_fn: LossFn, optimizer: Any, *, epsilon: float = 
             return vat.step(lambda: logits_of(model(*args, **kwargs)))
 
         def closure() -> tuple[Tensor | None, Tensor]:
-            logits, target = forward_logits(model, batch)
+            logits = logits_of(model(*args, **kwargs))
             if not last:  # the clean pass: the supervised loss; later passes only need logits
                 lg, y = _flat(logits, target)
                 sup = F.cross_entropy(lg.float(), y)

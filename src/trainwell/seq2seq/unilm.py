@@ -337,12 +337,7 @@ class UniLMSeq2Seq(nn.Module):
             return ids, UniLMCachedStep(self, mask, types, new_segment)
 
         def step(x: Tensor) -> Tensor:
-            r = x.shape[0] // b
-            m = x.shape[1] - t0
-            am = torch.cat([mask.repeat_interleave(r, 0), mask.new_ones(x.shape[0], m)], dim=1)
-            tt = torch.cat(
-                [types.repeat_interleave(r, 0), types.new_full((x.shape[0], m), new_segment)], dim=1
-            )
+            am, tt = _grow_prompt(mask, types, x, new_segment)
             pos = (am.cumsum(-1) - 1).clamp(min=0) if hf else None
             return self(x, am, tt, position_ids=pos).logits[:, -1]
 
@@ -453,6 +448,15 @@ class UniLMSeq2Seq(nn.Module):
         return new
 
 
+def _grow_prompt(mask: Tensor, types: Tensor, x: Tensor, new_segment: int) -> tuple[Tensor, Tensor]:
+    """Padding mask and segments of ``x`` (``[rows, t]``): the ``[B, T0]`` prompt's, repeated for beams
+    (``rows = B·r``), then ones and ``new_segment`` for the ``t − T0`` generated tokens."""
+    r, m = x.shape[0] // mask.shape[0], x.shape[1] - mask.shape[1]
+    am = torch.cat([mask.repeat_interleave(r, 0), mask.new_ones(x.shape[0], m)], dim=1)
+    tt = torch.cat([types.repeat_interleave(r, 0), types.new_full((x.shape[0], m), new_segment)], dim=1)
+    return am, tt
+
+
 class UniLMCachedStep:
     """``ids [B, t] -> next-token logits [B, V]`` for a Hugging Face encoder under the UniLM mask, with a
     key/value cache, for :func:`~trainwell.seq2seq.generate`.
@@ -478,19 +482,13 @@ class UniLMCachedStep:
         self.length = 0
         self.am: Tensor | None = None  # [rows, length] padding of the cached rows
         self.cached = True  # False once the encoder turned out not to fill the cache
-
-    def _dtype(self) -> torch.dtype:
-        p = next(self.owner.model.parameters(), None)
-        return p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
+        p = next(owner.model.parameters(), None)
+        self.dtype = p.dtype if p is not None and p.dtype.is_floating_point else torch.float32
 
     def _full(self, x: Tensor) -> Tensor:
-        b, t0 = self.mask.shape
-        r, m = x.shape[0] // b, x.shape[1] - t0
-        am = torch.cat([self.mask.repeat_interleave(r, 0), self.mask.new_ones(x.shape[0], m)], dim=1)
-        new = self.types.new_full((x.shape[0], m), self.new_segment)
-        tt = torch.cat([self.types.repeat_interleave(r, 0), new], dim=1)
+        am, tt = _grow_prompt(self.mask, self.types, x, self.new_segment)
         pos = (am.cumsum(-1) - 1).clamp(min=0)
-        mask = self.owner.attention_mask(tt, am, self._dtype())
+        mask = self.owner.attention_mask(tt, am, self.dtype)
         kw: dict[str, Any] = {"input_ids": x, "attention_mask": mask, "token_type_ids": tt,
                               "position_ids": pos}
         out = None
@@ -516,8 +514,8 @@ class UniLMCachedStep:
             return self._full(x)
         am = torch.cat([am, am.new_ones(am.shape[0], 1)], dim=1)
         may = am.bool()[:, None, :]  # [rows, 1 query, T keys]: the new token attends every real token
-        add = torch.zeros(may.shape, dtype=self._dtype(), device=x.device).masked_fill_(
-            ~may, torch.finfo(self._dtype()).min)[:, None]
+        add = torch.zeros(may.shape, dtype=self.dtype, device=x.device).masked_fill_(
+            ~may, torch.finfo(self.dtype).min)[:, None]
         out = self.owner.model(
             input_ids=x[:, -1:],
             attention_mask=add,

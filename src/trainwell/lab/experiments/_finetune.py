@@ -246,27 +246,18 @@ def _method_steps(
         return _ce(m, *batch)
 
     step = get_technique(spec).build(model, ce, None)
-    unl = None if unlabeled_spec is None else get_technique(unlabeled_spec).build(model, ce, None)
+    if method == "flooding":
+        from trainwell.lab.experiments.regularize import count_flood_steps
+
+        step = count_flood_steps(step, hp["flood_level"], log)
 
     def labeled(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
         return step((ids, mask, y))
 
-    def unlabeled(ids: Tensor, mask: Tensor) -> Tensor:
-        assert unl is not None
-        return unl((ids, mask, None))
-
-    if method != "flooding":
-        return labeled, (None if unl is None else unlabeled)
-    log["steps"] = 0
-    log["flood_active_steps"] = 0
-
-    def flood(ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-        loss = step((ids, mask, y))
-        log["steps"] += 1
-        log["flood_active_steps"] += int(float(loss) < hp["flood_level"])
-        return loss
-
-    return flood, None
+    if unlabeled_spec is None:
+        return labeled, None
+    unl = get_technique(unlabeled_spec).build(model, ce, None)
+    return labeled, lambda ids, mask: unl((ids, mask, None))
 
 
 def _ce(model: nn.Module, ids: Tensor, mask: Tensor, y: Tensor) -> Tensor:

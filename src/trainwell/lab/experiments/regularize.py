@@ -280,18 +280,26 @@ def _make_step(method: str, model: TextCNN, log: dict[str, Any], cfg: _Config) -
         return F.cross_entropy(m(batch[0]), batch[1])
 
     step = get_technique(spec).build(model, ce, None)
-    if method != "flooding":
-        return lambda x, y: step((x, y))
-    log["flood_active_steps"] = 0
-    log["steps"] = 0
+    if method == "flooding":
+        step = count_flood_steps(step, cfg.flood_level, log)
+    return lambda x, y: step((x, y))
 
-    def flood(x: Tensor, y: Tensor) -> Tensor:
-        loss = step((x, y))
+
+def count_flood_steps(
+    step: Callable[[Any], Tensor], level: float, log: dict[str, Any]
+) -> Callable[[Any], Tensor]:
+    """``step`` that also counts, in ``log["steps"]`` / ``log["flood_active_steps"]``, the steps whose
+    clean loss was below the flood ``level`` (where flooding ascends instead of descending)."""
+    log["steps"] = 0
+    log["flood_active_steps"] = 0
+
+    def counted(batch: Any) -> Tensor:
+        loss = step(batch)
         log["steps"] += 1
-        log["flood_active_steps"] += int(loss.item() < cfg.flood_level)
+        log["flood_active_steps"] += int(float(loss) < level)
         return loss
 
-    return flood
+    return counted
 
 
 def train_method(method: str, data: TextData, cfg: _Config, seed: int, ctx: RunContext) -> dict[str, Any]:
